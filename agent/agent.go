@@ -1,0 +1,336 @@
+// Package agent is the per-node controller: it ties Raft (raftfsm),
+// gossip (membership), the local PostgreSQL (pgnode) and the REST API
+// together and runs the HA loop. The loop gathers inputs, calls the pure
+// Decide function and performs the actions it returns.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/config"
+	"github.com/pgha/pgha/membership"
+	"github.com/pgha/pgha/pgnode"
+	"github.com/pgha/pgha/raftfsm"
+)
+
+// Version is the agent's version, set by the build.
+var Version = "dev"
+
+// loopInterval is the HA loop's period when nothing wakes it earlier.
+const loopInterval = time.Second
+
+// applyTimeout bounds one Raft commit.
+const applyTimeout = 5 * time.Second
+
+// Agent is one pgha node.
+type Agent struct {
+	cfg    *config.Config
+	log    *slog.Logger
+	raft   *raftfsm.Node
+	gossip *membership.Gossip
+	pg     *pgnode.Node
+	api    *api.Server
+
+	// leaderReady is true while this node is Raft leader and has passed
+	// the Barrier of its current term.
+	leaderReady atomic.Bool
+	leaderTerm  atomic.Uint64
+
+	wake chan struct{} // coalesced: run the HA loop now
+
+	mu           sync.Mutex
+	status       NodeStatus // what this node last observed; guarded by mu
+	lastLSNAt    time.Time  // last commit of the primary LSN (HA loop only)
+	lastSlots    time.Time  // last slot reconcile (HA loop only)
+	seenSet      string     // bootstrap candidate set seen last round (HA loop only)
+	seenSince    time.Time
+	slotsFor     string               // member set the slots were last made for (HA loop only)
+	lastTransfer time.Time            // last leadership transfer attempt (HA loop only)
+	nonvoters    map[string]time.Time // leader: when each non-voter was first seen; guarded by mu
+	wantJoin     atomic.Bool          // ask the leader to add this node to Raft
+
+	leaving   atomic.Bool
+	left      atomic.Bool   // removed from Raft by a graceful leave
+	shutdown  chan struct{} // closed to ask Run to return (after leave)
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// NodeStatus is the local node's view, served by the API.
+type NodeStatus struct {
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`  // primary, replica, witness, or ""
+	State     string    `json:"state"` // running, streaming, stopped, cloning...
+	Timeline  uint32    `json:"timeline,omitempty"`
+	WAL       uint64    `json:"wal_lsn,omitempty"`
+	Receive   uint64    `json:"receive_lsn,omitempty"`
+	Streaming bool      `json:"streaming,omitempty"`
+	SysID     uint64    `json:"system_id,string,omitempty"`
+	Waiting   string    `json:"waiting,omitempty"` // why nothing happens
+	Pending   bool      `json:"pending_restart,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	LoopAt    time.Time `json:"loop_at"`
+	PGRunning bool      `json:"-"`
+	InRecov   bool      `json:"-"`
+}
+
+// New builds an agent from a validated configuration. It opens Raft and
+// gossip (both start listening) but runs no loop until Run.
+func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: logger, wake: make(chan struct{}, 1), shutdown: make(chan struct{})}
+	a.status.Name = cfg.Name
+
+	pgCfg := pgnode.Config{
+		Name:               cfg.Name,
+		BinDir:             cfg.PostgreSQL.BinDir,
+		DataDir:            cfg.PostgreSQL.DataDir,
+		RunDir:             filepath.Join(cfg.DataDir, "run"),
+		Listen:             cfg.PostgreSQL.Listen,
+		Port:               cfg.PostgreSQL.Port,
+		OSUser:             cfg.PostgreSQL.OSUser,
+		Superuser:          cfg.PostgreSQL.Superuser.Username,
+		SuperuserPassword:  cfg.PostgreSQL.Superuser.Password,
+		ReplUser:           cfg.PostgreSQL.Replication.Username,
+		ReplPassword:       cfg.PostgreSQL.Replication.Password,
+		Parameters:         cfg.PostgreSQL.Parameters,
+		HBA:                cfg.PostgreSQL.PgHBA,
+		AllowedNetworks:    cfg.PostgreSQL.AllowedNetworks,
+		MaxSlotWalKeepSize: cfg.PostgreSQL.MaxSlotWalKeepSize,
+		StartTimeout:       cfg.PostgreSQL.StartTimeout.Duration,
+		Logger:             logger.With("component", "postgres"),
+	}
+	pg, err := pgnode.New(pgCfg)
+	if err != nil {
+		return nil, err
+	}
+	a.pg = pg
+
+	rn, err := raftfsm.Open(raftfsm.Options{
+		ID:                 cfg.Name,
+		Dir:                filepath.Join(cfg.DataDir, "raft"),
+		BindAddr:           cfg.Raft.Addr,
+		Advertise:          cfg.Raft.Advertise,
+		HeartbeatTimeout:   cfg.Raft.HeartbeatTimeout.Duration,
+		ElectionTimeout:    cfg.Raft.ElectionTimeout.Duration,
+		LeaderLeaseTimeout: cfg.Raft.LeaderLeaseTimeout.Duration,
+		SnapshotThreshold:  uint64(cfg.Raft.SnapshotThreshold),
+		LogOutput:          logOut,
+		LogLevel:           raftLogLevel(cfg.LogLevel),
+	})
+	if err != nil {
+		pg.Close()
+		return nil, err
+	}
+	a.raft = rn
+
+	g, err := membership.New(membership.Options{
+		Name:      cfg.Name,
+		Cluster:   cfg.Cluster,
+		BindAddr:  cfg.Gossip.Addr,
+		Advertise: cfg.Gossip.Advertise,
+		Logger:    logger.With("component", "gossip"),
+		LogOutput: gossipLogOutput(cfg.LogLevel, logOut),
+	}, a.baseMeta())
+	if err != nil {
+		rn.Close()
+		pg.Close()
+		return nil, err
+	}
+	a.gossip = g
+
+	srv, err := api.New(api.Options{Addr: cfg.API.Addr, Logger: logger.With("component", "api")}, a)
+	if err != nil {
+		g.Close()
+		rn.Close()
+		pg.Close()
+		return nil, err
+	}
+	a.api = srv
+	return a, nil
+}
+
+func raftLogLevel(level string) string {
+	if level == "debug" {
+		return "debug"
+	}
+	return "warn"
+}
+
+func gossipLogOutput(level string, out io.Writer) io.Writer {
+	if level == "debug" {
+		return out
+	}
+	return nil
+}
+
+// Run runs the agent until ctx ends or the node has left the cluster,
+// then shuts every part down in order. It returns nil on a clean stop.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.log.Info("pgha agent starting", "name", a.cfg.Name, "version", Version,
+		"raft", a.raft.Addr(), "gossip", a.cfg.Gossip.Addr, "api", a.api.Addr(),
+		"postgres", net.JoinHostPort(a.cfg.PostgreSQL.Listen, strconv.Itoa(a.cfg.PostgreSQL.Port)),
+		"raft_state_on_disk", a.raft.HadState())
+
+	a.gossip.RetryJoin(a.cfg.Gossip.Join)
+	a.spawn(func() { a.api.Serve(ctx) })
+	a.spawn(func() { a.watchLeadership(ctx) })
+	a.spawn(func() { a.relayEvents(ctx) })
+	a.spawn(func() { a.haLoop(ctx) })
+
+	select {
+	case <-ctx.Done():
+	case <-a.shutdown:
+	}
+	cancel()
+	return a.close()
+}
+
+func (a *Agent) spawn(f func()) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		f()
+	}()
+}
+
+// close stops the loops, then PostgreSQL (it is our child), gossip, Raft.
+func (a *Agent) close() error {
+	a.wg.Wait()
+	var errs []error
+	stopCtx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := a.pg.Stop(stopCtx, pgnode.StopFast); err != nil {
+		errs = append(errs, err)
+	}
+	if err := a.pg.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if !a.leaving.Load() {
+		_ = a.gossip.Leave(500 * time.Millisecond)
+	}
+	if err := a.gossip.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := a.raft.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if a.left.Load() {
+		a.discardRaftState()
+	}
+	a.log.Info("pgha agent stopped")
+	return errors.Join(errs...)
+}
+
+// poke wakes the HA loop without blocking.
+func (a *Agent) poke() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// relayEvents turns FSM changes and gossip events into HA loop wake-ups.
+func (a *Agent) relayEvents(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.raft.FSM().Changed():
+			a.poke()
+		case <-a.gossip.Events():
+			a.poke()
+		}
+	}
+}
+
+// watchLeadership consumes Raft's NotifyCh. On gaining leadership it runs
+// a Barrier so the FSM holds every committed entry before the HA loop
+// acts as leader; only then is leaderReady set. One barrier per term.
+func (a *Agent) watchLeadership(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case isLeader := <-a.raft.LeaderNotify():
+			if !isLeader {
+				a.leaderReady.Store(false)
+				a.log.Info("lost raft leadership")
+				a.poke()
+				continue
+			}
+			term := a.raft.Term()
+			a.log.Info("gained raft leadership", "term", term)
+			if err := a.raft.Barrier(10 * time.Second); err != nil {
+				a.log.Warn("leader barrier failed", "err", err)
+				continue
+			}
+			if a.raft.IsLeader() && a.raft.Term() == term {
+				a.leaderTerm.Store(term)
+				a.leaderReady.Store(true)
+			}
+			a.poke()
+		}
+	}
+}
+
+// isLeader is the leadership the HA loop acts on: Raft says leader and
+// the barrier of this term passed.
+func (a *Agent) isLeader() bool {
+	return a.leaderReady.Load() && a.raft.IsLeader() && a.raft.Term() == a.leaderTerm.Load()
+}
+
+func (a *Agent) setStatus(f func(*NodeStatus)) {
+	a.mu.Lock()
+	f(&a.status)
+	a.mu.Unlock()
+}
+
+// Status returns the node's last observed status.
+func (a *Agent) Status() NodeStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status
+}
+
+// baseMeta is the static part of the gossip metadata.
+func (a *Agent) baseMeta() membership.Meta {
+	c := a.cfg
+	return membership.Meta{
+		Cluster:  c.Cluster,
+		Version:  Version,
+		Raft:     advertiseOr(c.Raft.Advertise, c.Raft.Addr),
+		API:      advertiseOr(c.API.Advertise, c.API.Addr),
+		PG:       c.PostgreSQL.ConnectAddress,
+		Expect:   c.BootstrapExpect,
+		NoFail:   c.Tags.NoFailover,
+		NoLB:     c.Tags.NoLoadBalance,
+		Priority: c.Tags.FailoverPriority,
+	}
+}
+
+func advertiseOr(adv, addr string) string {
+	if adv != "" {
+		return adv
+	}
+	return addr
+}
+
+func (a *Agent) setJoinWanted()   { a.wantJoin.Store(true) }
+func (a *Agent) joinWanted() bool { return a.wantJoin.Load() }

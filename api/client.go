@@ -1,0 +1,118 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Client talks to one agent's REST API. The CLI is a client of exactly
+// the endpoints the server exposes.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// NewClient returns a client for the API at addr (host:port or a URL).
+func NewClient(addr string) *Client {
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &Client{base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: 150 * time.Second}}
+}
+
+// Addr returns the API base URL.
+func (c *Client) Addr() string { return c.base }
+
+// Cluster fetches GET /cluster.
+func (c *Client) Cluster(ctx context.Context) (ClusterInfo, error) {
+	var ci ClusterInfo
+	_, err := c.do(ctx, http.MethodGet, "/cluster", nil, &ci)
+	return ci, err
+}
+
+// Health fetches GET /health; a 503 is not an error, it is the answer.
+func (c *Client) Health(ctx context.Context) (HealthInfo, bool, error) {
+	var h HealthInfo
+	code, err := c.do(ctx, http.MethodGet, "/health", nil, &h)
+	if code == http.StatusServiceUnavailable {
+		return h, false, nil
+	}
+	return h, err == nil, err
+}
+
+// Join asks the local agent to join the cluster of req.Addr.
+func (c *Client) Join(ctx context.Context, req JoinRequest) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/join", req, nil)
+	return err
+}
+
+// Leave asks the agent to leave the cluster.
+func (c *Client) Leave(ctx context.Context) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/leave", struct{}{}, nil)
+	return err
+}
+
+// Remove asks the cluster to remove a member.
+func (c *Client) Remove(ctx context.Context, req RemoveRequest) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/remove", req, nil)
+	return err
+}
+
+// do sends a request and decodes a JSON answer into out. Non-2xx answers
+// become errors carrying the server's reason.
+func (c *Client) do(ctx context.Context, method, path string, in, out any) (int, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return 0, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return 0, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return 0, fmt.Errorf("pgha agent at %s did not answer in time: %w", c.base, err)
+		}
+		return 0, fmt.Errorf("cannot reach the pgha agent at %s (is `pgha run` running there? set --api or PGHA_API): %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return resp.StatusCode, fmt.Errorf("read answer from %s: %w", c.base, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var eb ErrorBody
+		if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
+			if out != nil && resp.StatusCode == http.StatusServiceUnavailable {
+				_ = json.Unmarshal(data, out)
+			}
+			return resp.StatusCode, &StatusError{Code: resp.StatusCode, Msg: eb.Error}
+		}
+		if out != nil && resp.StatusCode == http.StatusServiceUnavailable && json.Unmarshal(data, out) == nil {
+			return resp.StatusCode, &StatusError{Code: resp.StatusCode, Msg: "service unavailable"}
+		}
+		return resp.StatusCode, &StatusError{Code: resp.StatusCode, Msg: fmt.Sprintf("%s %s: %s", method, path, strings.TrimSpace(string(data)))}
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("decode answer from %s%s: %w", c.base, path, err)
+		}
+	}
+	return resp.StatusCode, nil
+}

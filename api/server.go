@@ -1,0 +1,251 @@
+// Package api is pgha's REST API: health endpoints for load balancers and
+// monitoring, and the control endpoints the CLI drives. Leader-only
+// requests are forwarded to the Raft leader, so any member accepts them.
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// ErrNotLeader is returned by a Backend for leader-only requests on a
+// follower; the server then forwards the request to the leader.
+var ErrNotLeader = errors.New("not the leader")
+
+// StatusError is an error with the HTTP status it maps to.
+type StatusError struct {
+	Code int
+	Msg  string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// Errorf builds a StatusError.
+func Errorf(code int, format string, args ...any) error {
+	return &StatusError{Code: code, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Backend is what the agent provides to the API. Small on purpose.
+type Backend interface {
+	Cluster() ClusterInfo
+	Health() (ok bool, h HealthInfo)
+	Join(ctx context.Context, req JoinRequest) error
+	Leave(ctx context.Context) error
+	Remove(ctx context.Context, req RemoveRequest) error
+	// LeaderAPI returns the leader's API address, "" when unknown.
+	LeaderAPI() string
+}
+
+// Options configures the server.
+type Options struct {
+	Addr   string
+	Logger *slog.Logger
+}
+
+// Server is the HTTP server.
+type Server struct {
+	ln      net.Listener
+	srv     *http.Server
+	backend Backend
+	log     *slog.Logger
+	client  *http.Client
+}
+
+// maxBody bounds request bodies: every request we accept is tiny.
+const maxBody = 64 << 10
+
+const forwardedHeader = "X-Pgha-Forwarded"
+
+// New listens on o.Addr; Serve starts answering.
+func New(o Options, b Backend) (*Server, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("api listen on %s: %w", o.Addr, err)
+	}
+	s := &Server{ln: ln, backend: b, log: o.Logger, client: &http.Client{Timeout: 90 * time.Second}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /cluster", s.handleCluster)
+	mux.HandleFunc("GET /health", s.handleHealth)
+	mux.HandleFunc("HEAD /health", s.handleHealth)
+	mux.HandleFunc("OPTIONS /health", s.handleHealth)
+	mux.HandleFunc("POST /v1/join", s.handleJoin)
+	mux.HandleFunc("POST /v1/leave", s.handleLeave)
+	mux.HandleFunc("POST /v1/remove", s.handleRemove)
+	s.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      120 * time.Second, // join/leave wait for Raft
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		// Load balancers often hang up before reading the reply; that is
+		// normal and must not reach our log.
+		ErrorLog: slog.NewLogLogger(slog.NewTextHandler(io.Discard, nil), slog.LevelError),
+	}
+	return s, nil
+}
+
+// Addr returns the listening address.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Serve answers requests until ctx ends, then shuts down gracefully.
+func (s *Server) Serve(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("api server", "err", err)
+		}
+	}()
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.srv.Shutdown(sctx)
+	<-done
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	var se *StatusError
+	if errors.As(err, &se) {
+		code = se.Code
+	}
+	writeJSON(w, code, ErrorBody{Error: err.Error()})
+}
+
+// decode reads a JSON body strictly; errors are 400s with the reason.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return Errorf(http.StatusBadRequest, "bad request body: %v", err)
+	}
+	return nil
+}
+
+func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.backend.Cluster())
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	ok, h := s.backend.Health()
+	code := http.StatusOK
+	if !ok {
+		code = http.StatusServiceUnavailable
+	}
+	if r.Method == http.MethodHead {
+		w.WriteHeader(code)
+		return
+	}
+	writeJSON(w, code, h)
+}
+
+func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
+	var req JoinRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.Addr == "" {
+		writeError(w, Errorf(http.StatusBadRequest, "addr is required (the gossip host:port of any member)"))
+		return
+	}
+	if _, _, err := net.SplitHostPort(req.Addr); err != nil {
+		writeError(w, Errorf(http.StatusBadRequest, "addr %q: %v", req.Addr, err))
+		return
+	}
+	if err := s.backend.Join(r.Context(), req); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "joined"})
+}
+
+func (s *Server) handleLeave(w http.ResponseWriter, r *http.Request) {
+	if err := s.backend.Leave(r.Context()); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "left"})
+}
+
+func (s *Server) handleRemove(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeError(w, Errorf(http.StatusBadRequest, "read body: %v", err))
+		return
+	}
+	var req RemoveRequest
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.Name == "" {
+		writeError(w, Errorf(http.StatusBadRequest, "name is required"))
+		return
+	}
+	err = s.backend.Remove(r.Context(), req)
+	if errors.Is(err, ErrNotLeader) {
+		s.forward(w, r, body)
+		return
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "removed"})
+}
+
+// forward replays a leader-only request on the leader and relays its
+// answer. A request is forwarded once at most, so two nodes that disagree
+// on who leads cannot bounce it forever.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte) {
+	if r.Header.Get(forwardedHeader) != "" {
+		writeError(w, Errorf(http.StatusServiceUnavailable, "forwarded to a node that is not the leader; leadership is changing, retry"))
+		return
+	}
+	leader := s.backend.LeaderAPI()
+	if leader == "" {
+		writeError(w, Errorf(http.StatusServiceUnavailable, "no Raft leader known; is a quorum of members up?"))
+		return
+	}
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+leader+r.URL.RequestURI(), bytes.NewReader(body))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req.Header = r.Header.Clone()
+	req.Header.Set(forwardedHeader, "1")
+	resp, err := s.client.Do(req)
+	if err != nil {
+		writeError(w, Errorf(http.StatusBadGateway, "forward to leader at %s: %v", leader, err))
+		return
+	}
+	defer resp.Body.Close()
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+}

@@ -1,0 +1,72 @@
+package api
+
+import "time"
+
+// ClusterInfo is the body of GET /cluster: the cluster as the answering
+// node sees it (Raft FSM for the authoritative part, gossip for the rest).
+type ClusterInfo struct {
+	Cluster     string       `json:"cluster"`
+	ClusterID   string       `json:"cluster_id,omitempty"`
+	SystemID    uint64       `json:"system_id,string,omitempty"`
+	Initialized bool         `json:"initialized"`
+	Leader      string       `json:"leader,omitempty"`  // Raft leader
+	Primary     string       `json:"primary,omitempty"` // holder of the primary record
+	Epoch       uint64       `json:"epoch,omitempty"`
+	Timeline    uint32       `json:"timeline,omitempty"`
+	PrimaryLSN  string       `json:"primary_lsn,omitempty"`
+	Paused      bool         `json:"paused"`
+	Observer    string       `json:"observer"` // the member that answered
+	Members     []MemberInfo `json:"members"`
+}
+
+// MemberInfo is one row of `pgha list`.
+type MemberInfo struct {
+	Name     string         `json:"name"`
+	Host     string         `json:"host,omitempty"` // PostgreSQL host:port
+	API      string         `json:"api,omitempty"`
+	Role     string         `json:"role"`  // leader (the primary), replica, witness
+	State    string         `json:"state"` // running, streaming, stopped, cloning, unreachable...
+	Timeline uint32         `json:"timeline,omitempty"`
+	LagBytes *int64         `json:"lag_bytes,omitempty"`
+	WAL      string         `json:"wal_lsn,omitempty"`
+	Raft     string         `json:"raft"` // leader, voter, nonvoter, none
+	Tags     map[string]any `json:"tags,omitempty"`
+	Waiting  string         `json:"waiting,omitempty"`
+	Error    string         `json:"error,omitempty"`
+	Write    string         `json:"write,omitempty"` // proxy write address
+	Read     string         `json:"read,omitempty"`  // proxy read address
+}
+
+// HealthInfo is the body of GET /health.
+type HealthInfo struct {
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	State     string    `json:"state"`
+	Timeline  uint32    `json:"timeline,omitempty"`
+	WAL       string    `json:"wal_lsn,omitempty"`
+	Raft      string    `json:"raft_state"`
+	Leader    string    `json:"raft_leader,omitempty"`
+	Waiting   string    `json:"waiting,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	LoopAt    time.Time `json:"loop_at"`
+	PGRunning bool      `json:"postgres_running"`
+}
+
+// JoinRequest is the body of POST /v1/join.
+type JoinRequest struct {
+	// Addr is the gossip host:port of any member of the cluster to join.
+	Addr string `json:"addr"`
+	// TimeoutSeconds bounds the wait for the leader to add this node.
+	TimeoutSeconds int `json:"timeout_seconds,omitempty"`
+}
+
+// RemoveRequest is the body of POST /v1/remove.
+type RemoveRequest struct {
+	Name  string `json:"name"`
+	Force bool   `json:"force,omitempty"`
+}
+
+// ErrorBody is what every error response carries.
+type ErrorBody struct {
+	Error string `json:"error"`
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgha/pgha/api"
+	"github.com/urfave/cli/v2"
+)
+
+func listCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "list",
+		Usage:     "show the members of the cluster, their roles, states and lag",
+		ArgsUsage: " ",
+		Flags:     append(clientFlags(), outputFlag()),
+		Action: func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			format, err := outputFormat(c)
+			if err != nil {
+				return err
+			}
+			cl, err := apiClient(c)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
+			defer cancel()
+			ci, err := cl.Cluster(ctx)
+			if err != nil {
+				return err
+			}
+			if format == "json" {
+				return printJSON(stdout(), ci)
+			}
+			renderCluster(stdout(), ci)
+			return nil
+		},
+	}
+}
+
+var roleNames = map[string]string{"leader": "Leader", "replica": "Replica", "witness": "Witness"}
+
+// renderCluster prints the table of `pgha list`.
+func renderCluster(w io.Writer, ci api.ClusterInfo) {
+	title := "Cluster: " + ci.Cluster
+	if ci.SystemID != 0 {
+		title += " (" + strconv.FormatUint(ci.SystemID, 10) + ")"
+	}
+	t := &table{
+		title:  title,
+		header: []string{"Member", "Host", "Role", "State", "TL", "Lag in MB", "Raft", "Tags"},
+		right:  map[int]bool{4: true, 5: true},
+	}
+	var notes []string
+	for _, m := range ci.Members {
+		role := roleNames[m.Role]
+		if role == "" {
+			role = m.Role
+		}
+		tl, lag := "", ""
+		if m.Timeline != 0 {
+			tl = strconv.Itoa(int(m.Timeline))
+		}
+		if m.LagBytes != nil {
+			lag = strconv.FormatInt(*m.LagBytes>>20, 10)
+		}
+		t.add(m.Name, m.Host, role, m.State, tl, lag, m.Raft, formatTags(m.Tags))
+		if m.Error != "" {
+			notes = append(notes, fmt.Sprintf("%s: %s", m.Name, m.Error))
+		} else if m.Waiting != "" {
+			notes = append(notes, fmt.Sprintf("%s: %s", m.Name, m.Waiting))
+		}
+	}
+	t.render(w)
+	if ci.Paused {
+		fmt.Fprintln(w, " Maintenance mode: on (no automatic failover or restart)")
+	}
+	if !ci.Initialized {
+		fmt.Fprintln(w, " Cluster not initialised yet")
+	}
+	if ci.Leader == "" {
+		fmt.Fprintln(w, " No Raft leader: fewer than a quorum of members are reachable from", ci.Observer)
+	}
+	for _, n := range notes {
+		fmt.Fprintln(w, " "+n)
+	}
+}
+
+func formatTags(tags map[string]any) string {
+	if len(tags) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(tags))
+	for k := range tags {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s: %v", k, tags[k])
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,425 @@
+// Package integration runs real pgha agents (the built binary) managing
+// real PostgreSQL 15 processes on 127.0.0.1, and checks what a user would
+// check. Faults are real signals to real processes, by PID.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pgha/pgha/api"
+)
+
+// pghaBin is the binary under test: $PGHA_BIN, or built by TestMain.
+var pghaBin string
+
+func TestMain(m *testing.M) {
+	pghaBin = os.Getenv("PGHA_BIN")
+	var tmp string
+	if pghaBin == "" {
+		var err error
+		tmp, err = os.MkdirTemp("", "pgha-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		pghaBin = filepath.Join(tmp, "pgha")
+		out, err := exec.Command("go", "build", "-o", pghaBin, "../cmd/pgha").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build pgha: %v\n%s", err, out)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	if tmp != "" {
+		os.RemoveAll(tmp)
+	}
+	os.Exit(code)
+}
+
+const (
+	superPass = "it-super-secret"
+	replPass  = "it-repl-secret"
+)
+
+// Node is one agent of a test cluster.
+type Node struct {
+	Name                   string
+	Dir                    string
+	ConfigPath             string
+	LogPath                string
+	PG, API, Raft, Gossip  int
+	cmd                    *exec.Cmd
+	exited                 chan struct{}
+}
+
+// Cluster is a set of agents on loopback with their own directories.
+type Cluster struct {
+	t     *testing.T
+	Dir   string
+	Nodes []*Node
+}
+
+// newCluster lays out n nodes (names n1..nN) that form a cluster with
+// bootstrap_expect n. Nothing runs until Start.
+func newCluster(t *testing.T, n int) *Cluster {
+	t.Helper()
+	if _, err := os.Stat("/usr/lib/postgresql/15/bin/postgres"); err != nil {
+		if _, lerr := exec.LookPath("pg_config"); lerr != nil {
+			t.Skip("PostgreSQL 15 binaries not found (apt-get install -y postgresql-15)")
+		}
+	}
+	dir := traversableTempDir(t)
+	c := &Cluster{t: t, Dir: dir}
+	for i := 1; i <= n; i++ {
+		c.Nodes = append(c.Nodes, c.layout(fmt.Sprintf("n%d", i)))
+	}
+	for _, nd := range c.Nodes {
+		c.writeConfig(nd, n, c.gossipAddrs(nd))
+	}
+	t.Cleanup(c.stopAll)
+	return c
+}
+
+// traversableTempDir returns a temp dir that the unprivileged postgres
+// user can traverse (t.TempDir's chain is 0700 when we run as root).
+func traversableTempDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func (c *Cluster) layout(name string) *Node {
+	nd := &Node{Name: name, Dir: filepath.Join(c.Dir, name)}
+	nd.ConfigPath = filepath.Join(c.Dir, name+".yml")
+	nd.LogPath = filepath.Join(c.Dir, name+".log")
+	nd.PG, nd.API, nd.Raft = freePort(c.t), freePort(c.t), freePort(c.t)
+	nd.Gossip = freeUDPTCPPort(c.t)
+	return nd
+}
+
+func (c *Cluster) gossipAddrs(except *Node) []string {
+	var out []string
+	for _, o := range c.Nodes {
+		if o != except {
+			out = append(out, fmt.Sprintf("127.0.0.1:%d", o.Gossip))
+		}
+	}
+	return out
+}
+
+func (c *Cluster) writeConfig(nd *Node, expect int, join []string) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "name: %s\ncluster: it\ndata_dir: %s\nbootstrap_expect: %d\nlog_level: debug\n", nd.Name, nd.Dir, expect)
+	fmt.Fprintf(&b, "raft:\n  addr: 127.0.0.1:%d\n", nd.Raft)
+	fmt.Fprintf(&b, "gossip:\n  addr: 127.0.0.1:%d\n", nd.Gossip)
+	if len(join) > 0 {
+		fmt.Fprintf(&b, "  join: [%s]\n", strings.Join(join, ", "))
+	}
+	fmt.Fprintf(&b, "api:\n  addr: 127.0.0.1:%d\n", nd.API)
+	fmt.Fprintf(&b, "postgresql:\n  listen: 127.0.0.1\n  port: %d\n", nd.PG)
+	fmt.Fprintf(&b, "  superuser:\n    password: %s\n  replication:\n    password: %s\n", superPass, replPass)
+	b.WriteString("  parameters:\n    shared_buffers: 32MB\n    max_connections: \"20\"\n    max_slot_wal_keep_size: 256MB\n")
+	if err := os.WriteFile(nd.ConfigPath, []byte(b.String()), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// addNode lays out a node that joins later (bootstrap_expect 0, no join
+// list: `pgha join` brings it in).
+func (c *Cluster) addNode(name string) *Node {
+	nd := c.layout(name)
+	c.writeConfig(nd, 0, nil)
+	c.Nodes = append(c.Nodes, nd)
+	return nd
+}
+
+// Start starts the agent of nd.
+func (c *Cluster) Start(nd *Node) {
+	c.t.Helper()
+	logf, err := os.OpenFile(nd.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(pghaBin, "run", "-c", nd.ConfigPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatalf("start %s: %v", nd.Name, err)
+	}
+	nd.cmd = cmd
+	nd.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, ch chan struct{}) {
+		_ = cmd.Wait()
+		close(ch)
+	}(cmd, nd.exited)
+}
+
+func (c *Cluster) StartAll() {
+	for _, nd := range c.Nodes {
+		c.Start(nd)
+	}
+}
+
+// Kill sends SIGKILL to nd's agent and waits for it to exit.
+func (c *Cluster) Kill(nd *Node) {
+	c.t.Helper()
+	if nd.cmd == nil {
+		return
+	}
+	_ = nd.cmd.Process.Kill()
+	<-nd.exited
+	nd.cmd = nil
+}
+
+// Stop sends SIGTERM to nd's agent and waits (generously) for a clean exit.
+func (c *Cluster) Stop(nd *Node) {
+	c.t.Helper()
+	if nd.cmd == nil {
+		return
+	}
+	_ = nd.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-nd.exited:
+	case <-time.After(90 * time.Second):
+		c.t.Errorf("%s did not stop within 90s after SIGTERM; killing it", nd.Name)
+		_ = nd.cmd.Process.Kill()
+		<-nd.exited
+	}
+	nd.cmd = nil
+}
+
+// WaitExit waits for an agent that stops by itself (after leave).
+func (c *Cluster) WaitExit(nd *Node, timeout time.Duration) {
+	c.t.Helper()
+	select {
+	case <-nd.exited:
+		nd.cmd = nil
+	case <-time.After(timeout):
+		c.t.Fatalf("%s still running %s after it should have stopped", nd.Name, timeout)
+	}
+}
+
+func (c *Cluster) stopAll() {
+	for _, nd := range c.Nodes {
+		c.Stop(nd)
+	}
+	// The agents' postmasters die with them (parent-death signal); a
+	// postmaster that survived would be a bug: report it and end it.
+	for _, nd := range c.Nodes {
+		if pid := postmasterPID(nd); pid > 0 && syscall.Kill(pid, 0) == nil {
+			c.t.Errorf("%s: postmaster %d still running after its agent stopped", nd.Name, pid)
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if c.t.Failed() {
+		for _, nd := range c.Nodes {
+			c.dumpLog(nd)
+		}
+	}
+}
+
+func (c *Cluster) dumpLog(nd *Node) {
+	data, err := os.ReadFile(nd.LogPath)
+	if err != nil {
+		return
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > 80 {
+		lines = lines[len(lines)-80:]
+	}
+	c.t.Logf("---- last lines of %s ----\n%s", nd.LogPath, strings.Join(lines, "\n"))
+	pglog := filepath.Join(nd.Dir, "run", "postgresql.log")
+	if data, err := os.ReadFile(pglog); err == nil {
+		l := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		if len(l) > 30 {
+			l = l[len(l)-30:]
+		}
+		c.t.Logf("---- last lines of %s ----\n%s", pglog, strings.Join(l, "\n"))
+	}
+}
+
+func postmasterPID(nd *Node) int {
+	data, err := os.ReadFile(filepath.Join(nd.Dir, "pgdata", "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.SplitN(string(data), "\n", 2)[0])
+	return pid
+}
+
+// Client returns an API client for nd.
+func (nd *Node) Client() *api.Client { return api.NewClient(fmt.Sprintf("127.0.0.1:%d", nd.API)) }
+
+// DSN is a libpq URL for nd's PostgreSQL as the superuser.
+func (nd *Node) DSN() string {
+	u := url.URL{Scheme: "postgres", User: url.UserPassword("postgres", superPass), Host: fmt.Sprintf("127.0.0.1:%d", nd.PG), Path: "/postgres", RawQuery: "connect_timeout=3&sslmode=disable"}
+	return u.String()
+}
+
+// Cluster asks any running agent for the cluster view.
+func (c *Cluster) Info() (api.ClusterInfo, error) {
+	var lastErr error
+	for _, nd := range c.Nodes {
+		if nd.cmd == nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		ci, err := nd.Client().Cluster(ctx)
+		cancel()
+		if err == nil {
+			return ci, nil
+		}
+		lastErr = err
+	}
+	if lastErr == nil {
+		lastErr = errors.New("no agent running")
+	}
+	return api.ClusterInfo{}, lastErr
+}
+
+// waitFor polls cond every 200 ms until it returns nil or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+}
+
+// WaitHealthy waits until the named members are there: exactly one
+// primary running and every other listed member streaming.
+func (c *Cluster) WaitHealthy(timeout time.Duration, names ...string) api.ClusterInfo {
+	c.t.Helper()
+	var ci api.ClusterInfo
+	waitFor(c.t, timeout, fmt.Sprintf("members %v healthy", names), func() error {
+		var err error
+		ci, err = c.Info()
+		if err != nil {
+			return err
+		}
+		byName := map[string]api.MemberInfo{}
+		for _, m := range ci.Members {
+			byName[m.Name] = m
+		}
+		primaries := 0
+		for _, n := range names {
+			m, ok := byName[n]
+			if !ok {
+				return fmt.Errorf("%s not listed yet", n)
+			}
+			switch {
+			case m.Role == "leader" && m.State == "running":
+				primaries++
+			case m.Role == "replica" && m.State == "streaming":
+			default:
+				return fmt.Errorf("%s is %s/%s (%s%s)", n, m.Role, m.State, m.Waiting, m.Error)
+			}
+		}
+		if primaries != 1 {
+			return fmt.Errorf("%d primaries among %v", primaries, names)
+		}
+		return nil
+	})
+	return ci
+}
+
+func (c *Cluster) Node(name string) *Node {
+	for _, nd := range c.Nodes {
+		if nd.Name == name {
+			return nd
+		}
+	}
+	c.t.Fatalf("no node %s", name)
+	return nil
+}
+
+// connect opens a pgx connection to nd.
+func connect(t *testing.T, nd *Node) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, nd.DSN())
+	if err != nil {
+		t.Fatalf("connect to %s: %v", nd.Name, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// cli runs the pgha binary with args and returns stdout, stderr and the
+// exit code.
+func cli(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, pghaBin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run pgha %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// freeUDPTCPPort finds a port free for both TCP and UDP (memberlist binds both).
+func freeUDPTCPPort(t *testing.T) int {
+	t.Helper()
+	for i := 0; i < 50; i++ {
+		p := freePort(t)
+		uc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			uc.Close()
+			return p
+		}
+	}
+	t.Fatal("no free TCP+UDP port")
+	return 0
+}
+
+func decodeJSON(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("decode %q: %v", s, err)
+	}
+}

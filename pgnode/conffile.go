@@ -1,0 +1,440 @@
+package pgnode
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Role is what WriteConfig configures PostgreSQL as.
+type Role int
+
+const (
+	// RolePrimary: no standby.signal, no upstream.
+	RolePrimary Role = iota
+	// RoleReplica: standby.signal and primary_conninfo to an Upstream.
+	RoleReplica
+)
+
+func (r Role) String() string {
+	switch r {
+	case RolePrimary:
+		return "primary"
+	case RoleReplica:
+		return "replica"
+	}
+	return "Role(" + strconv.Itoa(int(r)) + ")"
+}
+
+// File names inside DataDir.
+const (
+	confFile     = "postgresql.conf"
+	baseConfFile = "postgresql.base.conf" // initdb's original, included first
+	hbaFile      = "pg_hba.conf"
+	standbyFile  = "standby.signal"
+)
+
+// managedHeader starts every file pgha owns; its presence is how we tell
+// our file from initdb's (or a human's) before replacing it.
+const managedHeader = "# Managed by pgha: rewritten on every configuration change; edits here are lost.\n"
+
+// postmasterParams change only at a restart (pg_settings.context =
+// 'postmaster' in PostgreSQL 13-17). A difference in any of them between
+// the old and new file makes WriteConfig report restartNeeded.
+// primary_conninfo and primary_slot_name are reloadable since 13.
+var postmasterParams = map[string]bool{
+	"archive_mode": true, "autovacuum_freeze_max_age": true, "autovacuum_max_workers": true,
+	"autovacuum_multixact_freeze_max_age": true, "bonjour": true, "bonjour_name": true,
+	"cluster_name": true, "data_sync_retry": true, "dynamic_shared_memory_type": true,
+	"event_source": true, "external_pid_file": true, "hot_standby": true, "huge_pages": true,
+	"huge_page_size": true, "ignore_invalid_pages": true, "jit_provider": true,
+	"listen_addresses": true, "logging_collector": true, "max_connections": true,
+	"max_files_per_process": true, "max_locks_per_transaction": true,
+	"max_logical_replication_workers": true, "max_pred_locks_per_transaction": true,
+	"max_prepared_transactions": true, "max_replication_slots": true, "max_wal_senders": true,
+	"max_worker_processes": true, "min_dynamic_shared_memory": true, "old_snapshot_threshold": true,
+	"port": true, "recovery_target_timeline": true, "shared_buffers": true,
+	"shared_memory_type": true, "shared_preload_libraries": true,
+	"superuser_reserved_connections": true, "track_activity_query_size": true,
+	"track_commit_timestamp": true, "unix_socket_directories": true, "unix_socket_group": true,
+	"unix_socket_permissions": true, "wal_buffers": true, "wal_decode_buffer_size": true,
+	"wal_level": true, "wal_log_hints": true,
+}
+
+// WriteConfig writes the managed postgresql.conf and pg_hba.conf (and, for
+// a replica, standby.signal; for a primary it removes it) and the pgpass
+// file. up is required for RoleReplica. changed reports whether any file
+// changed (so the caller knows whether to reload); restartNeeded whether a
+// change takes effect only at a restart.
+// Files are replaced atomically; unchanged files are not rewritten.
+func (n *Node) WriteConfig(role Role, up *Upstream) (changed, restartNeeded bool, err error) {
+	n.dataMu.Lock()
+	defer n.dataMu.Unlock()
+	return n.writeConfig(role, up)
+}
+
+func (n *Node) writeConfig(role Role, up *Upstream) (changed, restartNeeded bool, err error) {
+	if role == RoleReplica && (up == nil || up.Host == "" || up.Port <= 0) {
+		return false, false, errors.New("write config: a replica needs an upstream host and port")
+	}
+	if role == RoleReplica && up.Slot != "" && !validSlotName(up.Slot) {
+		return false, false, fmt.Errorf("write config: invalid slot name %q", up.Slot)
+	}
+	if st, err := n.DataState(); err != nil {
+		return false, false, fmt.Errorf("write config: %w", err)
+	} else if st != DataValid {
+		return false, false, fmt.Errorf("write config: %w (%s is %s)", ErrNoData, n.cfg.DataDir, st)
+	}
+	if err := n.ensureRunDir(); err != nil {
+		return false, false, fmt.Errorf("write config: %w", err)
+	}
+	if err := n.writePassFile(); err != nil {
+		return false, false, fmt.Errorf("write config: %w", err)
+	}
+
+	dd := n.cfg.DataDir
+	confPath := filepath.Join(dd, confFile)
+	old, err := os.ReadFile(confPath)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, false, fmt.Errorf("write config: %w", err)
+	}
+	oldManaged := err == nil && bytes.HasPrefix(old, []byte(managedHeader))
+	if err == nil && !oldManaged {
+		// initdb's file (or a human's): keep it as the base we include,
+		// or, if a base exists already, set it aside rather than lose it.
+		dst := filepath.Join(dd, baseConfFile)
+		if _, err := os.Stat(dst); err == nil {
+			dst = confPath + ".replaced-" + time.Now().UTC().Format("20060102T150405Z")
+			n.log.Warn("postgresql.conf was not pgha's; moved aside", "to", dst)
+		}
+		if err := os.Rename(confPath, dst); err != nil {
+			return false, false, fmt.Errorf("write config: keep original postgresql.conf: %w", err)
+		}
+	}
+
+	params := n.parameters(role, up)
+	if !oldManaged {
+		// We cannot know what the running server (if any) uses.
+		restartNeeded = true
+	} else {
+		oldParams := parseManagedConf(old)
+		for k := range postmasterParams {
+			ov, oldHas := oldParams[k]
+			nv, newHas := params[k]
+			if oldHas != newHas || ov != nv {
+				n.log.Debug("restart needed", "parameter", k, "old", ov, "new", nv)
+				restartNeeded = true
+			}
+		}
+	}
+	c, err := n.writeFileAtomic(confPath, renderConf(params))
+	if err != nil {
+		return false, false, fmt.Errorf("write config: %w", err)
+	}
+
+	hbaPath := filepath.Join(dd, hbaFile)
+	if cur, err := os.ReadFile(hbaPath); err == nil && !bytes.HasPrefix(cur, []byte(managedHeader)) {
+		if err := os.Rename(hbaPath, hbaPath+".orig"); err != nil {
+			return false, false, fmt.Errorf("write config: keep original pg_hba.conf: %w", err)
+		}
+	}
+	changed = c
+	c, err = n.writeFileAtomic(hbaPath, n.renderHBA())
+	if err != nil {
+		return false, false, fmt.Errorf("write config: %w", err)
+	}
+	changed = changed || c
+
+	// standby.signal is read only at start-up: adding or removing it
+	// (demote / re-point a stopped primary) needs a restart. After a
+	// promotion PostgreSQL has removed it already, so nothing changes.
+	signalPath := filepath.Join(dd, standbyFile)
+	_, serr := os.Stat(signalPath)
+	hasSignal := serr == nil
+	wantSignal := role == RoleReplica
+	switch {
+	case wantSignal && !hasSignal:
+		if _, err := n.writeFileAtomic(signalPath, nil); err != nil {
+			return false, false, fmt.Errorf("write config: %w", err)
+		}
+		restartNeeded, changed = true, true
+	case !wantSignal && hasSignal:
+		if err := os.Remove(signalPath); err != nil {
+			return false, false, fmt.Errorf("write config: %w", err)
+		}
+		syncDir(dd)
+		restartNeeded, changed = true, true
+	}
+	n.log.Debug("wrote config", "role", role, "changed", changed, "restart_needed", restartNeeded)
+	return changed || restartNeeded, restartNeeded, nil
+}
+
+// parameters computes the full managed postgresql.conf content.
+func (n *Node) parameters(role Role, up *Upstream) map[string]string {
+	p := map[string]string{
+		"listen_addresses": n.cfg.Listen,
+		"port":             strconv.Itoa(n.cfg.Port),
+		// No Unix sockets: several members on one host would clash on
+		// /var/run/postgresql/.s.PGSQL.<port>, and paths under a deep
+		// data dir exceed the 107-byte sun_path limit. We use TCP.
+		"unix_socket_directories": "",
+		"cluster_name":            n.cfg.Name,
+		"wal_level":               "replica",
+		"hot_standby":             "on",
+		"wal_log_hints":           "on", // pg_rewind
+		"max_wal_senders":         "10",
+		"max_replication_slots":   "10",
+		"wal_keep_size":           "128MB",
+		"password_encryption":     "scram-sha-256",
+		// Written on both roles: it is the default, and keeping it
+		// identical means a promotion does not look like a restart-worthy
+		// change of a postmaster-context setting.
+		"recovery_target_timeline": "latest",
+		// The agent captures stderr into RunDir/postgresql.log.
+		"logging_collector": "off",
+		"log_destination":   "stderr",
+		"log_line_prefix":   "%m [%p] %q%u@%d ",
+	}
+	if n.cfg.MaxSlotWalKeepSize != "" {
+		p["max_slot_wal_keep_size"] = n.cfg.MaxSlotWalKeepSize
+	}
+	for k, v := range n.cfg.Parameters {
+		p[k] = v // protected keys were rejected by Validate
+	}
+	if role == RoleReplica {
+		p["primary_conninfo"] = n.primaryConninfo(*up)
+		if up.Slot != "" {
+			p["primary_slot_name"] = up.Slot
+		}
+	}
+	return p
+}
+
+func (n *Node) primaryConninfo(up Upstream) string {
+	return conninfo(map[string]string{
+		"host":                up.Host,
+		"port":                strconv.Itoa(up.Port),
+		"user":                n.cfg.ReplUser,
+		"passfile":            n.PassFile(),
+		"application_name":    n.cfg.Name,
+		"connect_timeout":     "2",
+		"keepalives":          "1",
+		"keepalives_idle":     "5",
+		"keepalives_interval": "2",
+		"keepalives_count":    "3",
+	})
+}
+
+// conninfoOrder keeps conninfo strings readable and stable (stable text
+// means no spurious "changed" from map iteration order).
+var conninfoOrder = []string{"host", "port", "user", "passfile", "dbname", "application_name",
+	"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count"}
+
+// conninfo renders libpq key=value pairs, quoting values as libpq wants.
+func conninfo(kv map[string]string) string {
+	var b strings.Builder
+	done := map[string]bool{}
+	emit := func(k string) {
+		if done[k] {
+			return
+		}
+		v, ok := kv[k]
+		if !ok {
+			return
+		}
+		done[k] = true
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(quoteConninfo(v))
+	}
+	for _, k := range conninfoOrder {
+		emit(k)
+	}
+	rest := make([]string, 0, len(kv))
+	for k := range kv {
+		rest = append(rest, k)
+	}
+	sort.Strings(rest)
+	for _, k := range rest {
+		emit(k)
+	}
+	return b.String()
+}
+
+func quoteConninfo(v string) string {
+	if v != "" && !strings.ContainsAny(v, " \t'\\") {
+		return v
+	}
+	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	return "'" + r.Replace(v) + "'"
+}
+
+// quoteConf quotes a postgresql.conf value. Inside quotes the GUC lexer
+// treats backslash as an escape and a doubled quote as one quote, so
+// both are escaped.
+func quoteConf(v string) string {
+	r := strings.NewReplacer(`\`, `\\`, `'`, `''`)
+	return "'" + r.Replace(v) + "'"
+}
+
+func renderConf(p map[string]string) []byte {
+	keys := make([]string, 0, len(p))
+	for k := range p {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b bytes.Buffer
+	b.WriteString(managedHeader)
+	b.WriteString("# Set parameters in pgha's configuration (postgresql.parameters) instead.\n")
+	b.WriteString("# initdb's original settings come first; everything below overrides them.\n")
+	b.WriteString("include_if_exists = '" + baseConfFile + "'\n\n")
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s = %s\n", k, quoteConf(p[k]))
+	}
+	return b.Bytes()
+}
+
+// parseManagedConf reads back what renderConf wrote (only that format:
+// `key = 'value'` lines); comments and the include line are skipped.
+func parseManagedConf(data []byte) map[string]string {
+	out := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 4096), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, " = ")
+		if !ok || k == "include_if_exists" {
+			continue
+		}
+		if uv, ok := unquoteConf(v); ok {
+			out[k] = uv
+		}
+	}
+	return out
+}
+
+func unquoteConf(v string) (string, bool) {
+	if len(v) < 2 || v[0] != '\'' || v[len(v)-1] != '\'' {
+		return "", false
+	}
+	v = v[1 : len(v)-1]
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if (c == '\\' || c == '\'') && i+1 < len(v) {
+			i++
+			c = v[i]
+		}
+		b.WriteByte(c)
+	}
+	return b.String(), true
+}
+
+// renderHBA writes the managed pg_hba.conf. No Unix sockets are used, so
+// every managed line is TCP with SCRAM. "samehost" (any address of this
+// machine) lets the agent's management connection and a replica on the
+// same host (the loopback demo) in without opening anything wider.
+func (n *Node) renderHBA() []byte {
+	var b bytes.Buffer
+	b.WriteString(managedHeader)
+	b.WriteString("# Add lines through pgha's configuration (postgresql.pg_hba) instead.\n")
+	line := func(typ, db, usr, addr, method string) {
+		fmt.Fprintf(&b, "%-6s %-12s %-14s %-20s %s\n", typ, db, usr, addr, method)
+	}
+	su, ru := `"`+n.cfg.Superuser+`"`, `"`+n.cfg.ReplUser+`"`
+	line("host", "all", su, "samehost", "scram-sha-256")
+	line("host", "replication", ru, "samehost", "scram-sha-256")
+	for _, cidr := range n.cfg.AllowedNetworks {
+		line("host", "replication", ru, cidr, "scram-sha-256")
+		line("host", "all", "all", cidr, "scram-sha-256")
+	}
+	if len(n.cfg.HBA) > 0 {
+		b.WriteString("# user lines\n")
+		for _, l := range n.cfg.HBA {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.Bytes()
+}
+
+// writePassFile writes RunDir/pgpass for pg_basebackup and the
+// walreceiver. libpq ignores a password file readable by group or others,
+// hence 0600 and owned by the OS user.
+func (n *Node) writePassFile() error {
+	esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`)
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "*:*:*:%s:%s\n", esc.Replace(n.cfg.ReplUser), esc.Replace(n.cfg.ReplPassword))
+	// The superuser line serves pg_rewind's source connection.
+	fmt.Fprintf(&b, "*:*:*:%s:%s\n", esc.Replace(n.cfg.Superuser), esc.Replace(n.cfg.SuperuserPassword))
+	if _, err := n.writeFileAtomic(n.PassFile(), b.Bytes()); err != nil {
+		return fmt.Errorf("pgpass: %w", err)
+	}
+	return nil
+}
+
+// writeFileAtomic replaces path with data (0600, owned by the OS user) via
+// a temp file, fsync and rename, so PostgreSQL never reads a torn file.
+// It does nothing if the content is already identical.
+func (n *Node) writeFileAtomic(path string, data []byte) (changed bool, err error) {
+	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, data) {
+		return false, n.ensureOwned(path)
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return false, err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	_, werr := f.Write(data)
+	serr := f.Sync()
+	cerr := f.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		return false, fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return false, err
+	}
+	if err := n.chown(tmp); err != nil {
+		return false, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return false, err
+	}
+	syncDir(dir)
+	return true, nil
+}
+
+// ensureOwned fixes ownership of an unchanged file (e.g. a pgpass left by
+// a run as another user) so the OS user can still read it.
+func (n *Node) ensureOwned(path string) error {
+	if !n.asRoot {
+		return nil
+	}
+	return n.chown(path)
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}

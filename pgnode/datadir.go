@@ -1,0 +1,364 @@
+package pgnode
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DataState classifies the data directory.
+type DataState int
+
+const (
+	// DataEmpty: missing or an empty directory; Bootstrap or Clone may fill it.
+	DataEmpty DataState = iota
+	// DataValid: has PG_VERSION and global/pg_control.
+	DataValid
+	// DataInvalid: non-empty but not a PostgreSQL data directory. pgha
+	// never writes into it.
+	DataInvalid
+)
+
+func (s DataState) String() string {
+	switch s {
+	case DataEmpty:
+		return "empty"
+	case DataValid:
+		return "valid"
+	case DataInvalid:
+		return "invalid"
+	}
+	return "DataState(" + strconv.Itoa(int(s)) + ")"
+}
+
+// DataState inspects DataDir without modifying it.
+func (n *Node) DataState() (DataState, error) {
+	dir := n.cfg.DataDir
+	st, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return DataEmpty, nil
+	}
+	if err != nil {
+		return DataInvalid, fmt.Errorf("data dir: %w", err)
+	}
+	if !st.IsDir() {
+		return DataInvalid, nil
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return DataInvalid, fmt.Errorf("data dir: %w", err)
+	}
+	names, err := f.Readdirnames(1)
+	f.Close()
+	if err != nil && !errors.Is(err, io.EOF) {
+		return DataInvalid, fmt.Errorf("data dir: %w", err)
+	}
+	if len(names) == 0 {
+		return DataEmpty, nil
+	}
+	for _, p := range []string{"PG_VERSION", filepath.Join("global", "pg_control")} {
+		if st, err := os.Stat(filepath.Join(dir, p)); err != nil || !st.Mode().IsRegular() {
+			return DataInvalid, nil
+		}
+	}
+	return DataValid, nil
+}
+
+var sysidRe = regexp.MustCompile(`(?m)^Database system identifier:\s+(\d+)\s*$`)
+
+// SystemID returns the cluster's system identifier from pg_controldata,
+// which reads global/pg_control and so works while PostgreSQL is stopped.
+func (n *Node) SystemID(ctx context.Context) (uint64, error) {
+	if st, err := n.DataState(); err != nil {
+		return 0, err
+	} else if st != DataValid {
+		return 0, fmt.Errorf("system id: %w (%s is %s)", ErrNoData, n.cfg.DataDir, st)
+	}
+	out, err := n.run(ctx, "pg_controldata", "-D", n.cfg.DataDir)
+	if err != nil {
+		return 0, fmt.Errorf("pg_controldata: %w", err)
+	}
+	m := sysidRe.FindSubmatch(out)
+	if m == nil {
+		return 0, errors.New("pg_controldata: no database system identifier in output")
+	}
+	id, err := strconv.ParseUint(string(m[1]), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("pg_controldata: system identifier: %w", err)
+	}
+	return id, nil
+}
+
+// prepareEmpty refuses anything but an empty data dir, then makes sure it
+// exists, 0700 and owned by the OS user. It returns a cleanup that removes
+// whatever a failed Bootstrap/Clone left behind: the directory was empty,
+// so nothing of value is lost, and a retry finds it empty again.
+func (n *Node) prepareEmpty(op string) (cleanup func(), err error) {
+	st, err := n.DataState()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if st != DataEmpty {
+		return nil, fmt.Errorf("%s: %w: %s is %s; move it aside to start over", op, ErrNotEmpty, n.cfg.DataDir, st)
+	}
+	if err := n.ensureRunDir(); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	created, err := n.ensureDir(n.cfg.DataDir, true)
+	if err != nil {
+		return nil, fmt.Errorf("%s: data dir: %w", op, err)
+	}
+	dir := n.cfg.DataDir
+	return func() {
+		if err := removeContents(dir); err != nil {
+			n.log.Error("removing partial data dir", "dir", dir, "err", err)
+		}
+		if created {
+			os.Remove(dir)
+		}
+	}, nil
+}
+
+func removeContents(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+	}
+	return errors.Join(errs...)
+}
+
+// Bootstrap creates a new cluster in an empty DataDir: initdb with data
+// checksums and SCRAM, the managed configuration for a primary, a start,
+// and the replication role. It leaves PostgreSQL running and returns the
+// new system identifier.
+func (n *Node) Bootstrap(ctx context.Context) (sysid uint64, err error) {
+	n.dataMu.Lock()
+	defer n.dataMu.Unlock()
+	if err := n.checkOpen(); err != nil {
+		return 0, err
+	}
+	cleanup, err := n.prepareEmpty("bootstrap")
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if err != nil {
+			// Never leave a half-made cluster running or on disk.
+			stopCtx, cancel := context.WithTimeout(context.Background(), n.cfg.StopTimeout+20*time.Second)
+			defer cancel()
+			if serr := n.Stop(stopCtx, StopImmediate); serr != nil {
+				n.log.Error("stopping failed bootstrap", "err", serr)
+			}
+			cleanup()
+		}
+	}()
+
+	if err := n.initdb(ctx); err != nil {
+		return 0, err
+	}
+	if _, _, err := n.writeConfig(RolePrimary, nil); err != nil {
+		return 0, fmt.Errorf("bootstrap: %w", err)
+	}
+	if err := n.Start(ctx); err != nil {
+		return 0, fmt.Errorf("bootstrap: %w", err)
+	}
+	if err := n.ensureReplRole(ctx); err != nil {
+		return 0, fmt.Errorf("bootstrap: %w", err)
+	}
+	sysid, err = n.SystemID(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("bootstrap: %w", err)
+	}
+	n.log.Info("bootstrapped new cluster", "system_id", sysid, "data_dir", n.cfg.DataDir)
+	return sysid, nil
+}
+
+func (n *Node) initdb(ctx context.Context) error {
+	// The superuser password reaches initdb through a file that only the
+	// OS user can read, never argv (visible in ps) or the environment.
+	pw, err := os.CreateTemp(n.cfg.RunDir, ".initdb-pw-*")
+	if err != nil {
+		return fmt.Errorf("initdb: password file: %w", err)
+	}
+	defer os.Remove(pw.Name())
+	_, werr := pw.WriteString(n.cfg.SuperuserPassword + "\n")
+	cerr := pw.Close()
+	if err := errors.Join(werr, cerr, os.Chmod(pw.Name(), 0o600), n.chown(pw.Name())); err != nil {
+		return fmt.Errorf("initdb: password file: %w", err)
+	}
+	n.log.Info("running initdb", "data_dir", n.cfg.DataDir)
+	_, err = n.run(ctx, "initdb",
+		"-D", n.cfg.DataDir,
+		"--data-checksums",
+		"-U", n.cfg.Superuser,
+		"--pwfile="+pw.Name(),
+		"--auth-host=scram-sha-256",
+		"--auth-local=peer",
+		"-E", "UTF8",
+		"--locale=C",
+		"--no-instructions",
+	)
+	if err != nil {
+		return fmt.Errorf("initdb: %w", err)
+	}
+	return nil
+}
+
+// Upstream is the server a replica streams from.
+type Upstream struct {
+	Host string
+	Port int
+	// Slot is the physical replication slot on the upstream ("" = none).
+	Slot string
+}
+
+// Clone fills an empty DataDir with pg_basebackup from src and writes the
+// managed configuration of a replica of src. PostgreSQL is not started.
+// progress, if not nil, is called at most about once a second and once
+// at 100%.
+func (n *Node) Clone(ctx context.Context, src Upstream, progress func(pct int, detail string)) (err error) {
+	n.dataMu.Lock()
+	defer n.dataMu.Unlock()
+	if err := n.checkOpen(); err != nil {
+		return err
+	}
+	if src.Host == "" || src.Port <= 0 {
+		return fmt.Errorf("clone: upstream host and port are required")
+	}
+	if src.Slot != "" && !validSlotName(src.Slot) {
+		return fmt.Errorf("clone: invalid slot name %q", src.Slot)
+	}
+	cleanup, err := n.prepareEmpty("clone")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			cleanup()
+		}
+	}()
+	if err := n.writePassFile(); err != nil {
+		return fmt.Errorf("clone: %w", err)
+	}
+
+	args := []string{
+		"-D", n.cfg.DataDir,
+		"-d", conninfo(map[string]string{
+			"host":             src.Host,
+			"port":             strconv.Itoa(src.Port),
+			"user":             n.cfg.ReplUser,
+			"passfile":         n.PassFile(),
+			"application_name": n.cfg.Name + "_clone",
+			"connect_timeout":  "10",
+		}),
+		"-X", "stream",
+		"-c", "fast",
+		"-P", "-v",
+		"-w", // never prompt: a password problem must fail, not hang
+	}
+	if src.Slot != "" {
+		args = append(args, "-S", src.Slot)
+	}
+	n.log.Info("cloning with pg_basebackup", "host", src.Host, "port", src.Port, "slot", src.Slot)
+	start := time.Now()
+	cmd := n.command(ctx, "pg_basebackup", args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return fmt.Errorf("pg_basebackup: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("pg_basebackup: %w", err)
+	}
+	tail := n.readBasebackupStderr(stderr, progress)
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("pg_basebackup: %w: %s", err, strings.Join(tail, "\n"))
+	}
+	if progress != nil {
+		progress(100, "done")
+	}
+	n.log.Info("clone finished", "took", time.Since(start).Round(time.Millisecond))
+
+	if _, _, err := n.writeConfig(RoleReplica, &src); err != nil {
+		return fmt.Errorf("clone: %w", err)
+	}
+	return nil
+}
+
+var pctRe = regexp.MustCompile(`\((\d+)%\)`)
+
+// parseProgress extracts the percentage from a pg_basebackup -P line
+// ("123/4567 kB (2%), 0/1 tablespace ..."); ok is false for other lines.
+func parseProgress(line string) (pct int, ok bool) {
+	m := pctRe.FindStringSubmatch(line)
+	if m == nil || !strings.Contains(line, " kB ") {
+		return 0, false
+	}
+	pct, err := strconv.Atoi(m[1])
+	if err != nil {
+		return 0, false
+	}
+	return min(max(pct, 0), 100), true
+}
+
+// splitCRLF is a bufio.SplitFunc that ends a line at \r or \n: on a
+// terminal pg_basebackup redraws its progress line with \r, otherwise it
+// writes one line per report.
+func splitCRLF(data []byte, atEOF bool) (advance int, token []byte, err error) {
+	if i := bytes.IndexAny(data, "\r\n"); i >= 0 {
+		return i + 1, data[:i], nil
+	}
+	if atEOF && len(data) > 0 {
+		return len(data), data, nil
+	}
+	return 0, nil, nil
+}
+
+// readBasebackupStderr reports progress (throttled to about once a second
+// and always at 100%) and returns the last non-progress lines for errors.
+func (n *Node) readBasebackupStderr(r io.Reader, progress func(int, string)) []string {
+	const keep = 15
+	var tail []string
+	var last time.Time
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 4096), 1<<20)
+	sc.Split(splitCRLF)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		if pct, ok := parseProgress(line); ok {
+			if progress != nil && pct < 100 && time.Since(last) >= time.Second {
+				last = time.Now()
+				progress(pct, line)
+			}
+			continue
+		}
+		n.log.Debug("pg_basebackup", "line", line)
+		tail = append(tail, line)
+		if len(tail) > keep {
+			tail = tail[1:]
+		}
+	}
+	// Drain anything left after a scanner error so the tool never blocks
+	// on a full pipe.
+	io.Copy(io.Discard, r)
+	return tail
+}

@@ -1,0 +1,8 @@
+package pgnode
+
+// Internal helpers exposed to the external test package.
+var (
+	ParseProgress = parseProgress
+	QuoteConf     = quoteConf
+	UnquoteConf   = unquoteConf
+)

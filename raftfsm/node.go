@@ -1,0 +1,310 @@
+package raftfsm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+)
+
+// ErrNotLeader is returned by leader-only operations on a follower.
+var ErrNotLeader = errors.New("not the raft leader")
+
+// Options configures a Raft node.
+type Options struct {
+	ID                 string
+	Dir                string // raft.db and snapshots/ live here
+	BindAddr           string // host:port to listen on
+	Advertise          string // host:port peers dial; default BindAddr
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	SnapshotThreshold  uint64
+	LogOutput          io.Writer // raft's own log; default stderr
+	LogLevel           string    // hclog level name; default "warn"
+}
+
+// Node is the local Raft server with pgha's FSM.
+type Node struct {
+	id       string
+	raft     *raft.Raft
+	fsm      *FSM
+	trans    *raft.NetworkTransport
+	store    *raftboltdb.BoltStore
+	notify   chan bool
+	hadState bool
+}
+
+// Open starts the local Raft server. If Dir already holds Raft state the
+// node rejoins its cluster with it; otherwise it waits, doing nothing,
+// until Bootstrap is called or a leader adds it.
+func Open(o Options) (*Node, error) {
+	if o.ID == "" || o.Dir == "" || o.BindAddr == "" {
+		return nil, fmt.Errorf("raft: id, dir and bind address are required")
+	}
+	if o.Advertise == "" {
+		o.Advertise = o.BindAddr
+	}
+	if o.LogOutput == nil {
+		o.LogOutput = os.Stderr
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "warn"
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("raft dir: %w", err)
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.LevelFromString(o.LogLevel), Output: o.LogOutput})
+
+	conf := raft.DefaultConfig()
+	conf.LocalID = raft.ServerID(o.ID)
+	conf.Logger = logger
+	if o.HeartbeatTimeout > 0 {
+		conf.HeartbeatTimeout = o.HeartbeatTimeout
+	}
+	if o.ElectionTimeout > 0 {
+		conf.ElectionTimeout = o.ElectionTimeout
+	}
+	if o.LeaderLeaseTimeout > 0 {
+		conf.LeaderLeaseTimeout = o.LeaderLeaseTimeout
+	}
+	if o.SnapshotThreshold > 0 {
+		conf.SnapshotThreshold = o.SnapshotThreshold
+	}
+	// Raft blocks on NotifyCh when nobody reads it: buffer generously and
+	// let the consumer coalesce.
+	notify := make(chan bool, 16)
+	conf.NotifyCh = notify
+	if err := raft.ValidateConfig(conf); err != nil {
+		return nil, fmt.Errorf("raft config: %w", err)
+	}
+
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(o.Dir, "raft.db")})
+	if err != nil {
+		return nil, fmt.Errorf("open raft.db: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(o.Dir, 3, logger)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("snapshot store: %w", err)
+	}
+	hadState, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("read raft state: %w", err)
+	}
+	adv, err := net.ResolveTCPAddr("tcp", o.Advertise)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("raft advertise address %q: %w", o.Advertise, err)
+	}
+	trans, err := raft.NewTCPTransportWithLogger(o.BindAddr, adv, 3, 5*time.Second, logger)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("raft listen on %s: %w", o.BindAddr, err)
+	}
+	fsm := NewFSM()
+	r, err := raft.NewRaft(conf, fsm, store, store, snaps, trans)
+	if err != nil {
+		trans.Close()
+		store.Close()
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	return &Node{id: o.ID, raft: r, fsm: fsm, trans: trans, store: store, notify: notify, hadState: hadState}, nil
+}
+
+// HadState reports whether Raft state was on disk when the node opened.
+func (n *Node) HadState() bool { return n.hadState }
+
+// HasConfiguration reports whether the node is part of a configuration
+// (bootstrapped, restored or added by a leader).
+func (n *Node) HasConfiguration() bool {
+	servers, err := n.Servers()
+	return err == nil && len(servers) > 0
+}
+
+// FSM returns the node's state machine.
+func (n *Node) FSM() *FSM { return n.fsm }
+
+// ID returns the local server ID.
+func (n *Node) ID() string { return n.id }
+
+// Addr returns the address peers dial.
+func (n *Node) Addr() string { return string(n.trans.LocalAddr()) }
+
+// LeaderNotify receives true when this node becomes leader and false when
+// it stops being leader. Only one consumer may read it.
+func (n *Node) LeaderNotify() <-chan bool { return n.notify }
+
+// IsLeader reports whether Raft believes this node is leader. A minority
+// leader keeps believing it until its lease check runs; use VerifyLeader
+// before acting on it.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// State returns Raft's state name (Leader, Follower, Candidate, Shutdown).
+func (n *Node) State() string { return n.raft.State().String() }
+
+// Leader returns the leader's ID and address as far as this node knows.
+func (n *Node) Leader() (id, addr string) {
+	a, i := n.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// LastContact returns the last time this node heard from the leader (zero
+// when it is the leader itself).
+func (n *Node) LastContact() time.Time { return n.raft.LastContact() }
+
+// Stats returns Raft's counters.
+func (n *Node) Stats() map[string]string { return n.raft.Stats() }
+
+// Term returns the current term.
+func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
+
+// Bootstrap makes a new cluster of the given servers. It must be called on
+// exactly one node that has no Raft state.
+func (n *Node) Bootstrap(servers []raft.Server) error {
+	if n.hadState {
+		return fmt.Errorf("bootstrap: raft state already on disk")
+	}
+	if err := n.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	return nil
+}
+
+// Apply encodes payload, commits it through Raft and returns the FSM's
+// verdict on it.
+func (n *Node) Apply(payload any, timeout time.Duration) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	data, err := Encode(payload)
+	if err != nil {
+		return err
+	}
+	f := n.raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return fmt.Errorf("raft apply: %w", err)
+	}
+	if res, ok := f.Response().(ApplyResult); ok && res.Err != nil {
+		return res.Err
+	}
+	return nil
+}
+
+// Barrier waits until every preceding log entry is applied to the FSM.
+func (n *Node) Barrier(timeout time.Duration) error {
+	if err := n.raft.Barrier(timeout).Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return fmt.Errorf("raft barrier: %w", err)
+	}
+	return nil
+}
+
+// VerifyLeader confirms with a quorum that this node is still leader.
+func (n *Node) VerifyLeader(timeout time.Duration) error {
+	f := n.raft.VerifyLeader()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("%w: leadership not confirmed within %s", ErrNotLeader, timeout)
+	}
+}
+
+// Servers returns the latest Raft configuration.
+func (n *Node) Servers() ([]raft.Server, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("raft configuration: %w", err)
+	}
+	return f.Configuration().Servers, nil
+}
+
+// AddNonvoter adds a server that replicates the log without voting; it is
+// how a new node starts, so that an empty node never counts in a quorum.
+// Adding the same ID with the same address is a no-op.
+func (n *Node) AddNonvoter(id, addr string, timeout time.Duration) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	if err := n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeout).Error(); err != nil {
+		return fmt.Errorf("add nonvoter %s: %w", id, err)
+	}
+	return nil
+}
+
+// AddVoter makes a server a voter (promoting a non-voter).
+func (n *Node) AddVoter(id, addr string, timeout time.Duration) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeout).Error(); err != nil {
+		return fmt.Errorf("add voter %s: %w", id, err)
+	}
+	return nil
+}
+
+// RemoveServer removes a server from the configuration.
+func (n *Node) RemoveServer(id string, timeout time.Duration) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, timeout).Error(); err != nil {
+		return fmt.Errorf("remove server %s: %w", id, err)
+	}
+	return nil
+}
+
+// TransferLeadership hands leadership to the given server and reports
+// who won: hashicorp/raft may return nil while another node won.
+func (n *Node) TransferLeadership(id, addr string, timeout time.Duration) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	if err := n.raft.LeadershipTransferToServer(raft.ServerID(id), raft.ServerAddress(addr)).Error(); err != nil {
+		return fmt.Errorf("leadership transfer to %s: %w", id, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if lid, _ := n.Leader(); lid != "" {
+			if lid == id {
+				return nil
+			}
+			if lid != n.id {
+				return fmt.Errorf("leadership transfer to %s: %s won instead", id, lid)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("leadership transfer to %s: no new leader within %s", id, timeout)
+}
+
+// Close shuts Raft down, then the transport and the store.
+func (n *Node) Close() error {
+	err := n.raft.Shutdown().Error()
+	if cerr := n.trans.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := n.store.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
