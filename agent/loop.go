@@ -21,7 +21,7 @@ import (
 
 // bootstrapSettle is how long the candidate set must stay the same on
 // every candidate before the chosen node bootstraps.
-const bootstrapSettle = time.Second
+const bootstrapSettle = 300 * time.Millisecond
 
 // haLoop runs rounds every loopInterval, and at once when the FSM, the
 // gossip view, leadership or the postmaster changes.
@@ -389,6 +389,9 @@ func (a *Agent) perform(ctx context.Context, act Action, in Input) error {
 		}
 		a.log.Info("PostgreSQL initialised", "system_id", sysid, "took", time.Since(start).Round(time.Millisecond))
 		a.setStatus(func(s *NodeStatus) { s.SysID = sysid })
+		// Tell the others PostgreSQL runs before they learn the system id,
+		// so they start cloning without waiting for another gossip round.
+		a.publish(a.probe(ctx), "")
 		return a.raft.Apply(raftfsm.SetSystemID{SystemID: sysid, Member: a.cfg.Name, Timeline: 1}, applyTimeout)
 
 	case ActRecordSystemID:
@@ -510,8 +513,10 @@ func (a *Agent) clone(ctx context.Context, act Action, in Input) error {
 	a.publish(in.PG, "")
 	a.log.Info("cloning from the primary (pg_basebackup)", "primary", act.Target, "addr", act.Upstream)
 	start := time.Now()
-	up := pgnode.Upstream{Host: host, Port: port, Slot: pgnode.SlotName(a.cfg.Name)}
-	err = a.pg.Clone(ctx, up, func(pct int, detail string) {
+	// No slot for the copy itself: the primary may not have created it
+	// yet, and pg_basebackup fails on a missing slot. wal_keep_size covers
+	// the gap until streaming starts on the slot.
+	err = a.pg.Clone(ctx, pgnode.Upstream{Host: host, Port: port}, func(pct int, detail string) {
 		a.log.Info("cloning", "progress", fmt.Sprintf("%d%%", pct), "detail", detail)
 	})
 	if err != nil {
@@ -519,7 +524,7 @@ func (a *Agent) clone(ctx context.Context, act Action, in Input) error {
 		return fmt.Errorf("clone from %s: %w", act.Target, err)
 	}
 	a.log.Info("clone finished", "took", time.Since(start).Round(time.Millisecond))
-	return a.ensureRunning(ctx, pgnode.RoleReplica, &up)
+	return a.ensureRunning(ctx, pgnode.RoleReplica, &pgnode.Upstream{Host: host, Port: port, Slot: pgnode.SlotName(a.cfg.Name)})
 }
 
 // transferLeadership hands Raft leadership to target, at most every 2 s.

@@ -58,13 +58,13 @@ const (
 
 // Node is one agent of a test cluster.
 type Node struct {
-	Name                   string
-	Dir                    string
-	ConfigPath             string
-	LogPath                string
-	PG, API, Raft, Gossip  int
-	cmd                    *exec.Cmd
-	exited                 chan struct{}
+	Name                  string
+	Dir                   string
+	ConfigPath            string
+	LogPath               string
+	PG, API, Raft, Gossip int
+	cmd                   *exec.Cmd
+	exited                chan struct{}
 }
 
 // Cluster is a set of agents on loopback with their own directories.
@@ -138,7 +138,7 @@ func (c *Cluster) writeConfig(nd *Node, expect int, join []string) {
 	fmt.Fprintf(&b, "api:\n  addr: 127.0.0.1:%d\n", nd.API)
 	fmt.Fprintf(&b, "postgresql:\n  listen: 127.0.0.1\n  port: %d\n", nd.PG)
 	fmt.Fprintf(&b, "  superuser:\n    password: %s\n  replication:\n    password: %s\n", superPass, replPass)
-	b.WriteString("  parameters:\n    shared_buffers: 32MB\n    max_connections: \"20\"\n    max_slot_wal_keep_size: 256MB\n")
+	b.WriteString("  max_slot_wal_keep_size: 256MB\n  parameters:\n    shared_buffers: 32MB\n    max_connections: \"20\"\n")
 	if err := os.WriteFile(nd.ConfigPath, []byte(b.String()), 0o600); err != nil {
 		c.t.Fatal(err)
 	}

@@ -119,24 +119,20 @@ func runDemo(c *cli.Context) error {
 	start := time.Now()
 	fmt.Printf("pgha demo: starting %d nodes in %s\n", n, dir)
 	procs := make([]*exec.Cmd, 0, n)
+	exited := make(chan string, n) // names of agents that exited
+	var waited []chan struct{}     // closed when each agent has exited
 	stopAll := func() {
 		for _, p := range procs {
 			_ = p.Process.Signal(syscall.SIGTERM)
 		}
-		done := make(chan struct{})
-		go func() {
-			for _, p := range procs {
-				_ = p.Wait()
+		deadline := time.After(60 * time.Second)
+		for i, w := range waited {
+			select {
+			case <-w:
+			case <-deadline:
+				_ = procs[i].Process.Kill()
+				<-w
 			}
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(60 * time.Second):
-			for _, p := range procs {
-				_ = p.Process.Kill()
-			}
-			<-done
 		}
 	}
 	for _, nd := range nodes {
@@ -156,21 +152,35 @@ func runDemo(c *cli.Context) error {
 		logf.Close()
 		procs = append(procs, cmd)
 	}
+	waited = make([]chan struct{}, len(procs))
+	for i, p := range procs {
+		waited[i] = make(chan struct{})
+		go func(i int, p *exec.Cmd) {
+			_ = p.Wait()
+			close(waited[i])
+			exited <- nodes[i].Name
+		}(i, p)
+	}
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
+	var failed string
 	go func() {
 		select {
 		case <-sigs:
-			cancel()
+		case failed = <-exited:
 		case <-ctx.Done():
 		}
+		cancel()
 	}()
 
 	ci, err := waitDemoReady(ctx, nodes, start)
+	if failed != "" {
+		err = fmt.Errorf("agent %s exited: %s", failed, lastLines(filepath.Join(dir, failed, "agent.log"), 5))
+	}
 	if err != nil {
 		fmt.Println("pgha demo: stopping the nodes")
 		stopAll()
@@ -185,7 +195,11 @@ func runDemo(c *cli.Context) error {
 		return nil
 	}
 	fmt.Println("\nPress Ctrl-C to stop the cluster.")
-	<-sigs
+	select {
+	case <-sigs:
+	case name := <-exited:
+		fmt.Printf("\npgha demo: agent %s exited: %s\n", name, lastLines(filepath.Join(dir, name, "agent.log"), 5))
+	}
 	fmt.Println("\npgha demo: stopping the nodes...")
 	stopAll()
 	fmt.Println("pgha demo: stopped; run it again to restart the same cluster")
@@ -288,7 +302,7 @@ func writeDemoConfig(nd demoNode, all []demoNode, st demoState, pgBin string) er
 	}
 	fmt.Fprintf(&b, "  superuser:\n    username: postgres\n    password: %s\n", st.Password)
 	fmt.Fprintf(&b, "  replication:\n    username: replicator\n    password: %s\n", st.ReplPass)
-	b.WriteString("  parameters:\n    shared_buffers: 32MB\n    max_connections: \"30\"\n    max_slot_wal_keep_size: 1GB\n")
+	b.WriteString("  max_slot_wal_keep_size: 1GB\n  parameters:\n    shared_buffers: 32MB\n    max_connections: \"30\"\n")
 	return os.WriteFile(nd.ConfigPath, []byte(b.String()), 0o600)
 }
 
@@ -395,4 +409,17 @@ func printDemo(ci api.ClusterInfo, nodes []demoNode, cf clusterFile, took time.D
 	fmt.Printf("\nCluster status:  pgha list --api %s\n", cf.Nodes[0].API)
 	fmt.Printf("Scripts:         %s\n", filepath.Join(cf.Dir, "cluster.json"))
 	fmt.Printf("Agent logs:      %s\n", filepath.Join(cf.Dir, "n*", "agent.log"))
+}
+
+// lastLines returns the last n lines of a file, for error messages.
+func lastLines(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
