@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -60,6 +61,7 @@ type Agent struct {
 	lastTransfer time.Time            // last leadership transfer attempt (HA loop only)
 	nonvoters    map[string]time.Time // leader: when each non-voter was first seen; guarded by mu
 	wantJoin     atomic.Bool          // ask the leader to add this node to Raft
+	savedPeers   string               // peers last written to peers.json (HA loop only)
 
 	leaving   atomic.Bool
 	left      atomic.Bool   // removed from Raft by a graceful leave
@@ -89,8 +91,8 @@ type NodeStatus struct {
 // New builds an agent from a validated configuration. It opens Raft and
 // gossip (both start listening) but runs no loop until Run.
 func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, error) {
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
+	if err := makeDataDir(cfg); err != nil {
+		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: logger, wake: make(chan struct{}, 1), shutdown: make(chan struct{})}
 	a.status.Name = cfg.Name
@@ -188,7 +190,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		"postgres", net.JoinHostPort(a.cfg.PostgreSQL.Listen, strconv.Itoa(a.cfg.PostgreSQL.Port)),
 		"raft_state_on_disk", a.raft.HadState())
 
-	a.gossip.RetryJoin(a.cfg.Gossip.Join)
+	a.gossip.RetryJoin(a.joinAddrs())
 	a.spawn(func() { a.api.Serve(ctx) })
 	a.spawn(func() { a.watchLeadership(ctx) })
 	a.spawn(func() { a.relayEvents(ctx) })
@@ -334,3 +336,28 @@ func advertiseOr(adv, addr string) string {
 
 func (a *Agent) setJoinWanted()   { a.wantJoin.Store(true) }
 func (a *Agent) joinWanted() bool { return a.wantJoin.Load() }
+
+// makeDataDir creates the node's data directory when it does not exist.
+// When the agent runs as root it belongs to the PostgreSQL OS user, who
+// must reach the PostgreSQL data directory and the run directory inside.
+func makeDataDir(cfg *config.Config) error {
+	if _, err := os.Stat(cfg.DataDir); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup(cfg.PostgreSQL.OSUser)
+	if err != nil {
+		return fmt.Errorf("postgresql.os_user %q: %w (create it, e.g. useradd --system postgres)", cfg.PostgreSQL.OSUser, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Chown(cfg.DataDir, uid, gid); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	return nil
+}

@@ -85,6 +85,9 @@ func (a *Agent) Cluster() api.ClusterInfo {
 			mi.Role = "witness"
 		}
 		switch {
+		case alive && !g.Alive:
+			mi.State = "unreachable"
+			mi.Host, mi.API = g.Meta.PG, g.Meta.API
 		case alive:
 			if mi.Host == "" {
 				mi.Host = g.Meta.PG

@@ -55,6 +55,13 @@ func (a *Agent) round(ctx context.Context) {
 	if leader {
 		a.reconcileMembers()
 	}
+	if servers, err := a.raft.Servers(); err == nil {
+		inRaft := map[string]bool{}
+		for _, s := range servers {
+			inRaft[string(s.ID)] = true
+		}
+		a.savePeers(inRaft)
+	}
 	in := Input{
 		Self:   a.cfg.Name,
 		Leader: leader,

@@ -318,6 +318,7 @@ func (c *Cluster) WaitHealthy(timeout time.Duration, names ...string) api.Cluste
 	c.t.Helper()
 	var ci api.ClusterInfo
 	waitFor(c.t, timeout, fmt.Sprintf("members %v healthy", names), func() error {
+		c.failIfExited()
 		var err error
 		ci, err = c.Info()
 		if err != nil {
@@ -344,9 +345,40 @@ func (c *Cluster) WaitHealthy(timeout time.Duration, names ...string) api.Cluste
 		if primaries != 1 {
 			return fmt.Errorf("%d primaries among %v", primaries, names)
 		}
+		// Gossip may still carry a restarted node's previous status: ask
+		// each running agent itself too.
+		for _, n := range names {
+			nd := c.Node(n)
+			if nd.cmd == nil {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			h, ok, err := nd.Client().Health(ctx)
+			cancel()
+			if err != nil || !ok || (h.State != "running" && h.State != "streaming") {
+				return fmt.Errorf("%s says %s (%v, %v)", n, h.State, ok, err)
+			}
+		}
 		return nil
 	})
 	return ci
+}
+
+// failIfExited stops the test at once when an agent that should run has
+// exited, instead of waiting for a timeout.
+func (c *Cluster) failIfExited() {
+	c.t.Helper()
+	for _, nd := range c.Nodes {
+		if nd.cmd == nil {
+			continue
+		}
+		select {
+		case <-nd.exited:
+			nd.cmd = nil
+			c.t.Fatalf("agent %s exited unexpectedly; see its log below", nd.Name)
+		default:
+		}
+	}
 }
 
 func (c *Cluster) Node(name string) *Node {
