@@ -6,7 +6,8 @@ set -o pipefail
 pass=0; fail=0; skip=0
 while IFS= read -r line; do
 	printf '%s\n' "$line"
-	case "$line" in
+	# Subtests are indented; count them too.
+	case "${line#"${line%%[![:space:]]*}"}" in
 		"--- PASS: "*) pass=$((pass+1)) ;;
 		"--- FAIL: "*) fail=$((fail+1)) ;;
 		"--- SKIP: "*) skip=$((skip+1)) ;;

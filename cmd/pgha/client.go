@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"os"
 
@@ -69,4 +68,3 @@ func noArgs(c *cli.Context) error {
 	return nil
 }
 
-var _ = fmt.Sprintf

@@ -1,0 +1,597 @@
+package membership_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/pgha/pgha/membership"
+	"go.uber.org/goleak"
+)
+
+// fullMeta sets every field to a non-zero value, so a round trip that
+// forgets a field (or a json tag that collides with another) shows up.
+func fullMeta() membership.Meta {
+	return membership.Meta{
+		Cluster:  "prod",
+		Version:  "1.2.3",
+		Raft:     "10.0.0.1:8300",
+		API:      "10.0.0.1:8008",
+		PG:       "10.0.0.1:5432",
+		Write:    "10.0.0.1:5000",
+		Read:     "10.0.0.1:5001",
+		Expect:   3,
+		HasRaft:  true,
+		Join:     true,
+		Leaving:  true,
+		Seen:     "c0ffee",
+		Witness:  true,
+		Role:     "replica",
+		PGState:  "streaming",
+		Timeline: 7,
+		// The largest values must survive JSON, which a float64 detour
+		// would round.
+		WAL:      ^uint64(0),
+		Recv:     ^uint64(0) - 1,
+		SysID:    7301234567890123456,
+		NoFail:   true,
+		NoLB:     true,
+		Priority: 5,
+		Pending:  true,
+		Err:      "pg_basebackup: could not connect",
+		At:       1700000000123,
+	}
+}
+
+func TestEncodeMeta_RoundTrip(t *testing.T) {
+	want := fullMeta()
+	b, err := membership.EncodeMeta(want)
+	if err != nil {
+		t.Fatalf("EncodeMeta: %v", err)
+	}
+	if len(b) > membership.MaxMeta {
+		t.Fatalf("encoded %d bytes, over MaxMeta %d", len(b), membership.MaxMeta)
+	}
+	got, err := membership.DecodeMeta(b)
+	if err != nil {
+		t.Fatalf("DecodeMeta(%s): %v", b, err)
+	}
+	if got != want {
+		t.Fatalf("round trip:\n got  %+v\n want %+v", got, want)
+	}
+}
+
+func TestEncodeMeta_LongErrIsShortened(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		err  string
+	}{
+		{"ascii", strings.Repeat("x", 5000)},
+		// A few quotes cost two bytes each in JSON; the cut must still
+		// land under the limit.
+		{"some quotes", strings.Repeat(`file "a" `, 20) + strings.Repeat("x", 5000)},
+		// Multi-byte runes may be cut in the middle.
+		{"multibyte", strings.Repeat("é", 3000)},
+		{"just over", strings.Repeat("y", membership.MaxMeta)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			in := fullMeta()
+			in.Err = tt.err
+			b, err := membership.EncodeMeta(in)
+			if err != nil {
+				t.Fatalf("EncodeMeta: %v", err)
+			}
+			if len(b) > membership.MaxMeta {
+				t.Fatalf("encoded %d bytes, over MaxMeta %d", len(b), membership.MaxMeta)
+			}
+			got, err := membership.DecodeMeta(b)
+			if err != nil {
+				t.Fatalf("DecodeMeta: %v", err)
+			}
+			if got.Err == "" || !strings.HasSuffix(got.Err, "...") {
+				t.Errorf("Err = %q, want a shortened message ending in ...", got.Err)
+			}
+			// Everything but Err is kept as it was.
+			got.Err, in.Err = "", ""
+			if got != in {
+				t.Errorf("other fields changed:\n got  %+v\n want %+v", got, in)
+			}
+		})
+	}
+}
+
+func TestEncodeMeta_ShortErrUntouched(t *testing.T) {
+	in := fullMeta()
+	in.Err = "short"
+	b, err := membership.EncodeMeta(in)
+	if err != nil {
+		t.Fatalf("EncodeMeta: %v", err)
+	}
+	got, err := membership.DecodeMeta(b)
+	if err != nil {
+		t.Fatalf("DecodeMeta: %v", err)
+	}
+	if got.Err != "short" {
+		t.Fatalf("Err = %q, want %q", got.Err, "short")
+	}
+}
+
+// An error made mostly of characters JSON escapes (< becomes \u003c, six
+// bytes) should still be shortened, not dropped: the operator needs a
+// hint of what went wrong.
+func TestEncodeMeta_EscapeHeavyErrKeepsAPrefix(t *testing.T) {
+	t.Skip("bug: EncodeMeta (membership.go:71) computes the cut in raw bytes from the JSON overshoot; " +
+		"for Err = 1000 x '<' the overshoot exceeds len(Err), cut clamps to 0 and Err is dropped entirely " +
+		"although ~60 escaped characters would fit")
+	in := membership.Meta{Cluster: "prod", Err: strings.Repeat("<", 1000)}
+	b, err := membership.EncodeMeta(in)
+	if err != nil {
+		t.Fatalf("EncodeMeta: %v", err)
+	}
+	got, err := membership.DecodeMeta(b)
+	if err != nil {
+		t.Fatalf("DecodeMeta: %v", err)
+	}
+	if !strings.HasPrefix(got.Err, "<") || !strings.HasSuffix(got.Err, "...") {
+		t.Fatalf("Err = %q, want a shortened run of < ending in ...", got.Err)
+	}
+}
+
+
+func TestEncodeMeta_TooLargeWithoutErr(t *testing.T) {
+	// Only Err may be shortened; any other field too big is the caller's
+	// mistake and must be reported, never truncated silently.
+	for _, errText := range []string{"", "some error"} {
+		in := membership.Meta{Cluster: "prod", PG: strings.Repeat("h", membership.MaxMeta), Err: errText}
+		if b, err := membership.EncodeMeta(in); err == nil {
+			t.Errorf("Err=%q: EncodeMeta returned %d bytes and no error, want an error", errText, len(b))
+		}
+	}
+}
+
+func TestDecodeMeta_IgnoresUnknownKeys(t *testing.T) {
+	// A newer peer may send keys this version does not know.
+	got, err := membership.DecodeMeta([]byte(`{"c":"prod","ro":"primary","zz":1,"future":{"a":[1,2]},"tl":3}`))
+	if err != nil {
+		t.Fatalf("DecodeMeta: %v", err)
+	}
+	want := membership.Meta{Cluster: "prod", Role: "primary", Timeline: 3}
+	if got != want {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
+
+func TestDecodeMeta_Rejects(t *testing.T) {
+	for _, in := range []string{
+		"",
+		"garbage",
+		"{",
+		`{"c":"prod"`,
+		`[1,2]`,
+		`"a string"`,
+		`42`,
+		`{"c":"prod"} trailing`,
+		`{"tl":-1}`,          // timeline is unsigned
+		`{"tl":4294967296}`,  // overflows uint32
+		`{"w":"0/3000000"}`,  // LSN must be a number
+		`{"hr":"yes"}`,       // bool expected
+		"\x00\x01\x02\xff",   // binary noise
+		`{"c":"a","c":1}`,    // wrong type on a repeated key
+	} {
+		if m, err := membership.DecodeMeta([]byte(in)); err == nil {
+			t.Errorf("DecodeMeta(%q) = %+v, nil; want an error", in, m)
+		}
+	}
+	if _, err := membership.DecodeMeta(nil); err == nil {
+		t.Error("DecodeMeta(nil): want an error")
+	}
+}
+
+func FuzzDecodeMeta(f *testing.F) {
+	seed, _ := membership.EncodeMeta(fullMeta())
+	for _, s := range [][]byte{
+		seed,
+		nil,
+		[]byte("{}"),
+		[]byte("null"),
+		[]byte(`{"c":"x","x":"` + strings.Repeat("e", 600) + `"}`),
+		[]byte(`{"w":18446744073709551615,"tl":4294967295}`),
+		[]byte(`{"c":"\ud800"}`),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := membership.DecodeMeta(b)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must encode within the limit (or be refused),
+		// and decode again to the same value apart from a shortened Err.
+		enc, err := membership.EncodeMeta(m)
+		if err != nil {
+			return
+		}
+		if len(enc) > membership.MaxMeta {
+			t.Fatalf("EncodeMeta gave %d bytes, over %d", len(enc), membership.MaxMeta)
+		}
+		again, err := membership.DecodeMeta(enc)
+		if err != nil {
+			t.Fatalf("DecodeMeta(EncodeMeta(m)) failed: %v\n%s", err, enc)
+		}
+		if !utf8.ValidString(again.Err) {
+			t.Fatalf("Err is not valid UTF-8: %q", again.Err)
+		}
+		again.Err, m.Err = "", ""
+		if again != m {
+			t.Fatalf("round trip changed fields:\n got  %+v\n want %+v", again, m)
+		}
+	})
+}
+
+// --- gossip on loopback ---
+
+// freePort returns a port that was free for both TCP and UDP on
+// 127.0.0.1 a moment ago; memberlist binds the same number on both.
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	for i := 0; i < 50; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("listen: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		l.Close()
+		if err != nil {
+			continue // UDP side taken: try another number
+		}
+		u.Close()
+		return port
+	}
+	tb.Fatal("no port free for both TCP and UDP")
+	return 0
+}
+
+func addrOf(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// logBuf collects log output from memberlist's own goroutines, which
+// write concurrently with the test reading it.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+type node struct {
+	*membership.Gossip
+	name string
+	addr string
+	log  *logBuf
+}
+
+// startNode runs a gossip node on the given port. Its slog output (debug
+// included) is kept so a test can see the join loop retrying.
+func startNode(tb testing.TB, name, cluster string, port int) *node {
+	tb.Helper()
+	lb := &logBuf{}
+	addr := addrOf(port)
+	g, err := membership.New(membership.Options{
+		Name:     name,
+		Cluster:  cluster,
+		BindAddr: addr,
+		Logger:   slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}, membership.Meta{Cluster: cluster, API: "api-of-" + name})
+	if err != nil {
+		tb.Fatalf("start %s on %s: %v", name, addr, err)
+	}
+	return &node{Gossip: g, name: name, addr: addr, log: lb}
+}
+
+// stop leaves and closes; safe to call twice so a deferred stop can back
+// up an explicit one.
+func (n *node) stop(tb testing.TB) {
+	tb.Helper()
+	if n.Gossip == nil {
+		return
+	}
+	_ = n.Leave(time.Second)
+	if err := n.Close(); err != nil {
+		tb.Errorf("close %s: %v", n.name, err)
+	}
+	n.Gossip = nil
+}
+
+// waitFor polls cond until it holds or a generous deadline passes; gossip
+// timing depends on the machine, so no test relies on a fixed sleep.
+func waitFor(tb testing.TB, what string, cond func() (bool, string)) {
+	tb.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		time.Sleep(20 * time.Millisecond)
+	}
+	tb.Fatalf("timed out waiting for %s; last state: %s", what, last)
+}
+
+// sees reports whether n lists exactly the named members, all alive and
+// with decodable metadata.
+func sees(n *node, names ...string) func() (bool, string) {
+	return func() (bool, string) {
+		ms := n.Members()
+		var got []string
+		ok := len(ms) == len(names)
+		for i, m := range ms {
+			got = append(got, fmt.Sprintf("%s(alive=%v metaOK=%v)", m.Name, m.Alive, m.MetaOK))
+			if !ok || m.Name != names[i] || !m.Alive || !m.MetaOK {
+				ok = false
+			}
+		}
+		return ok, n.name + " sees " + strings.Join(got, ", ")
+	}
+}
+
+func memberOf(n *node, name string) (membership.Member, bool) {
+	for _, m := range n.Members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return membership.Member{}, false
+}
+
+func drain(ch <-chan struct{}) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
+}
+
+// verifyNoLeaks checks that closing the nodes stopped every goroutine
+// they started.
+func verifyNoLeaks(t *testing.T, ignore goleak.Option) {
+	t.Helper()
+	goleak.VerifyNone(t,
+		ignore,
+		// memberlist's Shutdown does not wait for a failure probe already
+		// in flight: probeNode blocks on its ack channel until the ack
+		// handler's timer (the probe interval, 500 ms here, scaled up to
+		// 8x by memberlist's awareness score) fires, then returns. That
+		// goroutine belongs to memberlist, holds no socket of ours and
+		// ends on its own, so it is not a leak of this package.
+		goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
+	)
+}
+
+func TestGossip_JoinMetaEventsLeave(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	a := startNode(t, "a", "test", freePort(t))
+	defer a.stop(t)
+	b := startNode(t, "b", "test", freePort(t))
+	defer b.stop(t)
+
+	// A node alone lists itself, with its own metadata.
+	waitFor(t, "a to see itself", sees(a, "a"))
+
+	n, err := b.Join([]string{a.addr})
+	if err != nil || n != 1 {
+		t.Fatalf("b.Join(%s) = %d, %v; want 1, nil", a.addr, n, err)
+	}
+	waitFor(t, "a to see a, b", sees(a, "a", "b"))
+	waitFor(t, "b to see a, b", sees(b, "a", "b"))
+	if m, _ := memberOf(b, "a"); m.Addr != a.addr || m.Meta.API != "api-of-a" || m.Meta.Cluster != "test" {
+		t.Fatalf("b's view of a = %+v, want addr %s and a's initial metadata", m, a.addr)
+	}
+
+	// A metadata change on a reaches b, and b is woken up for it.
+	drain(b.Events())
+	newMeta := a.LocalMeta()
+	newMeta.Role, newMeta.PGState, newMeta.Timeline, newMeta.WAL = "primary", "running", 2, 0x3000060
+	if err := a.SetMeta(newMeta); err != nil {
+		t.Fatalf("SetMeta: %v", err)
+	}
+	if got := a.LocalMeta(); got != newMeta {
+		t.Fatalf("LocalMeta = %+v, want %+v", got, newMeta)
+	}
+	select {
+	case <-b.Events():
+	case <-time.After(15 * time.Second):
+		t.Fatal("no event on b after a changed its metadata")
+	}
+	waitFor(t, "b to see a's new metadata", func() (bool, string) {
+		m, _ := memberOf(b, "a")
+		return m.MetaOK && m.Meta == newMeta, fmt.Sprintf("%+v", m.Meta)
+	})
+
+	// Setting the same metadata again is a no-op and must not fail.
+	if err := a.SetMeta(newMeta); err != nil {
+		t.Fatalf("SetMeta (unchanged): %v", err)
+	}
+
+	// A graceful leave removes a from b's view.
+	a.stop(t)
+	waitFor(t, "b to see only itself after a left", sees(b, "b"))
+
+	b.stop(t)
+	verifyNoLeaks(t, ignore)
+}
+
+// SetMeta with metadata that cannot be published must say so; the node
+// would otherwise keep gossiping its old status while the caller believes
+// the new one went out.
+func TestGossip_SetMetaTooLarge(t *testing.T) {
+	t.Skip("bug: SetMeta (membership.go:243) returns nil when EncodeMeta fails, because metaDelegate.set " +
+		"(membership.go:300-303) maps the encode error to 'unchanged'; e.g. Meta{PG: 600 x \"h\"} is dropped " +
+		"silently and LocalMeta keeps the old value; want an error")
+	ignore := goleak.IgnoreCurrent()
+	a := startNode(t, "a", "test", freePort(t))
+	defer a.stop(t)
+	before := a.LocalMeta()
+	err := a.SetMeta(membership.Meta{Cluster: "test", PG: strings.Repeat("h", 600)})
+	if err == nil {
+		t.Errorf("SetMeta of an oversized Meta returned nil, want an error")
+	}
+	if got := a.LocalMeta(); got != before {
+		t.Errorf("LocalMeta = %+v, want the previous %+v", got, before)
+	}
+	a.stop(t)
+	verifyNoLeaks(t, ignore)
+}
+
+func TestGossip_RetryJoinBeforeTargetExists(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	pa, pb, pc := freePort(t), freePort(t), freePort(t)
+	addrA, addrB, addrC := addrOf(pa), addrOf(pb), addrOf(pc)
+
+	// b and c start first, pointed at a, which does not exist yet. c also
+	// lists itself, as a shared join list in every node's config would.
+	b := startNode(t, "b", "test", pb)
+	defer b.stop(t)
+	b.RetryJoin([]string{addrA})
+	c := startNode(t, "c", "test", pc)
+	defer c.stop(t)
+	c.RetryJoin([]string{addrA, addrB, addrC})
+
+	// Wait until b has failed at least once, so a's appearance is picked
+	// up by a retry, not by the first attempt.
+	waitFor(t, "b to retry", func() (bool, string) {
+		return strings.Contains(b.log.String(), "gossip join retry"), b.log.String()
+	})
+
+	a := startNode(t, "a", "test", pa)
+	defer a.stop(t)
+	for _, n := range []*node{a, b, c} {
+		waitFor(t, n.name+" to see a, b, c", sees(n, "a", "b", "c"))
+	}
+
+	// Everyone's metadata reached everyone.
+	for _, n := range []*node{a, b, c} {
+		for _, m := range n.Members() {
+			if m.Meta.API != "api-of-"+m.Name {
+				t.Errorf("%s sees %s with API %q, want %q", n.name, m.Name, m.Meta.API, "api-of-"+m.Name)
+			}
+		}
+	}
+
+	// c leaves: the other two drop it, and c's join loop, stopped by
+	// Close, does not bring it back.
+	c.stop(t)
+	waitFor(t, "a to see a, b", sees(a, "a", "b"))
+	waitFor(t, "b to see a, b", sees(b, "a", "b"))
+
+	a.stop(t)
+	b.stop(t)
+	verifyNoLeaks(t, ignore)
+}
+
+func TestGossip_OtherClusterIsNotSeen(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	a := startNode(t, "a", "one", freePort(t))
+	defer a.stop(t)
+	x := startNode(t, "x", "two", freePort(t))
+	defer x.stop(t)
+
+	if n, err := x.Join([]string{a.addr}); err == nil || n != 0 {
+		t.Errorf("Join across clusters = %d, %v; want 0 and an error", n, err)
+	}
+	// Nothing should appear, so there is no event to wait for: watch for
+	// a while instead and fail at the first sighting.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if ok, state := sees(a, "a")(); !ok {
+			t.Fatalf("cluster one: %s", state)
+		}
+		if ok, state := sees(x, "x")(); !ok {
+			t.Fatalf("cluster two: %s", state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	a.stop(t)
+	x.stop(t)
+	verifyNoLeaks(t, ignore)
+}
+
+func TestGossip_JoinErrors(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	a := startNode(t, "a", "test", freePort(t))
+	defer a.stop(t)
+
+	// Nothing to join is not an error: a first node has no peers.
+	if n, err := a.Join(nil); n != 0 || err != nil {
+		t.Errorf("Join(nil) = %d, %v; want 0, nil", n, err)
+	}
+	// Nobody listens there: the error names the address.
+	dead := addrOf(freePort(t))
+	n, err := a.Join([]string{dead})
+	if err == nil || n != 0 {
+		t.Fatalf("Join(%s) = %d, %v; want 0 and an error", dead, n, err)
+	}
+	if !strings.Contains(err.Error(), dead) {
+		t.Errorf("error %q does not name %s", err, dead)
+	}
+	// RetryJoin with only itself has nobody to try and returns at once.
+	a.RetryJoin([]string{a.addr})
+
+	a.stop(t)
+	verifyNoLeaks(t, ignore)
+}
+
+func TestNew_BadAddress(t *testing.T) {
+	for _, addr := range []string{"", "127.0.0.1", "127.0.0.1:x", "127.0.0.1:70000"} {
+		g, err := membership.New(membership.Options{Name: "a", BindAddr: addr, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, membership.Meta{})
+		if err == nil {
+			g.Close()
+			t.Errorf("New(BindAddr %q): want an error", addr)
+			continue
+		}
+		if !strings.Contains(err.Error(), fmt.Sprintf("%q", addr)) {
+			t.Errorf("New(BindAddr %q): error %q does not quote the address", addr, err)
+		}
+	}
+}
+
+// The encoded metadata is plain JSON with the short keys peers of other
+// versions rely on; renaming a key breaks mixed-version clusters.
+func TestEncodeMeta_WireKeys(t *testing.T) {
+	b, err := membership.EncodeMeta(membership.Meta{Cluster: "prod", Role: "primary", WAL: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"c": "prod", "ro": "primary", "w": float64(1)}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("wire form %s, want keys %v", b, want)
+	}
+}
