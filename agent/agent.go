@@ -63,6 +63,7 @@ type Agent struct {
 	wantJoin     atomic.Bool          // ask the leader to add this node to Raft
 	savedPeers   string               // peers last written to peers.json (HA loop only)
 
+	formation atomic.Bool // raft runs on fast timers until a leader exists
 	leaving   atomic.Bool
 	left      atomic.Bool   // removed from Raft by a graceful leave
 	shutdown  chan struct{} // closed to ask Run to return (after leave)
@@ -190,6 +191,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		"postgres", net.JoinHostPort(a.cfg.PostgreSQL.Listen, strconv.Itoa(a.cfg.PostgreSQL.Port)),
 		"raft_state_on_disk", a.raft.HadState())
 
+	if !a.raft.HadState() {
+		if err := a.raft.SetFormationTimeouts(true); err != nil {
+			a.log.Warn("fast first election", "err", err)
+		} else {
+			a.formation.Store(true)
+		}
+	}
 	a.gossip.RetryJoin(a.joinAddrs())
 	a.spawn(func() { a.api.Serve(ctx) })
 	a.spawn(func() { a.watchLeadership(ctx) })

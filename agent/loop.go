@@ -51,6 +51,14 @@ func (a *Agent) round(ctx context.Context) {
 		a.publish(local, a.maybeBootstrap())
 		return
 	}
+	if a.formation.Load() {
+		if id, _ := a.raft.Leader(); id != "" {
+			if err := a.raft.SetFormationTimeouts(false); err != nil {
+				a.log.Warn("restore raft timeouts", "err", err)
+			}
+			a.formation.Store(false)
+		}
+	}
 	leader := a.isLeader()
 	if leader {
 		a.reconcileMembers()

@@ -40,6 +40,8 @@ type Node struct {
 	store    *raftboltdb.BoltStore
 	notify   chan bool
 	hadState bool
+	// configured timers, restored after a fast first election
+	heartbeat, election, lease time.Duration
 }
 
 // Open starts the local Raft server. If Dir already holds Raft state the
@@ -117,7 +119,26 @@ func Open(o Options) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	return &Node{id: o.ID, raft: r, fsm: fsm, trans: trans, store: store, notify: notify, hadState: hadState}, nil
+	return &Node{id: o.ID, raft: r, fsm: fsm, trans: trans, store: store, notify: notify, hadState: hadState,
+		heartbeat: conf.HeartbeatTimeout, election: conf.ElectionTimeout, lease: conf.LeaderLeaseTimeout}, nil
+}
+
+// SetFormationTimeouts shortens (fast) or restores Raft's heartbeat and
+// election timeouts. A new cluster has no leader to lose: its first
+// election only delays bootstrap, so it may run on the shortest timers
+// Raft allows (the leader lease); once a leader exists the configured,
+// flap-resistant timers apply again.
+func (n *Node) SetFormationTimeouts(fast bool) error {
+	rc := n.raft.ReloadableConfig()
+	if fast {
+		rc.HeartbeatTimeout, rc.ElectionTimeout = n.lease, n.lease
+	} else {
+		rc.HeartbeatTimeout, rc.ElectionTimeout = n.heartbeat, n.election
+	}
+	if err := n.raft.ReloadConfig(rc); err != nil {
+		return fmt.Errorf("raft reload timeouts: %w", err)
+	}
+	return nil
 }
 
 // HadState reports whether Raft state was on disk when the node opened.
