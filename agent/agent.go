@@ -48,6 +48,17 @@ type Agent struct {
 	// the Barrier of its current term.
 	leaderReady atomic.Bool
 	leaderTerm  atomic.Uint64
+	// leaderSince is when this node last became leader (time.Time);
+	// lastLeaderContact when it last heard the previous leader before that.
+	leaderSince       atomic.Value
+	lastLeaderContact atomic.Value
+	// primaryUp is true while the local PostgreSQL runs as a primary: the
+	// fence watchdog guards it.
+	primaryUp      atomic.Bool
+	lostLeadership chan struct{} // poked when Raft leadership is lost
+	// actionMu is held by each HA loop round and by a switchover, which
+	// must own PostgreSQL while it runs.
+	actionMu sync.Mutex
 
 	wake chan struct{} // coalesced: run the HA loop now
 
@@ -95,7 +106,7 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 	if err := makeDataDir(cfg); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: logger, wake: make(chan struct{}, 1), shutdown: make(chan struct{})}
+	a := &Agent{cfg: cfg, log: logger, wake: make(chan struct{}, 1), shutdown: make(chan struct{}), lostLeadership: make(chan struct{}, 1)}
 	a.status.Name = cfg.Name
 
 	pgCfg := pgnode.Config{
@@ -203,6 +214,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.spawn(func() { a.watchLeadership(ctx) })
 	a.spawn(func() { a.relayEvents(ctx) })
 	a.spawn(func() { a.haLoop(ctx) })
+	a.spawn(func() { a.fenceLoop(ctx) })
+	a.spawn(func() { a.beat(ctx) })
 
 	select {
 	case <-ctx.Done():
@@ -281,10 +294,17 @@ func (a *Agent) watchLeadership(ctx context.Context) {
 		case isLeader := <-a.raft.LeaderNotify():
 			if !isLeader {
 				a.leaderReady.Store(false)
+				a.leaderSince.Store(time.Time{})
 				a.log.Info("lost raft leadership")
+				select {
+				case a.lostLeadership <- struct{}{}:
+				default:
+				}
 				a.poke()
 				continue
 			}
+			a.leaderSince.Store(time.Now())
+			a.lastLeaderContact.Store(a.raft.LastContact())
 			term := a.raft.Term()
 			a.log.Info("gained raft leadership", "term", term)
 			if err := a.raft.Barrier(10 * time.Second); err != nil {

@@ -117,6 +117,7 @@ func (a *Agent) Cluster() api.ClusterInfo {
 				mi.LagBytes = &lag
 			}
 			mi.Error = g.Meta.Err
+			mi.Waiting = g.Meta.Wait
 			mi.Write, mi.Read = g.Meta.Write, g.Meta.Read
 			tags := map[string]any{}
 			if g.Meta.NoFail {
@@ -256,7 +257,14 @@ func (a *Agent) inRaftConfig() bool {
 func (a *Agent) Leave(ctx context.Context) error {
 	st := a.raft.FSM().State()
 	if st.IsPrimary(a.cfg.Name) {
-		return api.Errorf(http.StatusConflict, "%s is the primary: it cannot leave before another member takes over (planned switchover arrives with failover support)", a.cfg.Name)
+		// Hand the primary role off first, without losing a commit.
+		if !a.isLeader() {
+			return api.Errorf(http.StatusConflict, "%s holds the primary record but not Raft leadership; retry in a moment", a.cfg.Name)
+		}
+		a.log.Info("leave: this node is the primary; switching over first")
+		if _, err := a.Switchover(ctx, api.SwitchoverRequest{}); err != nil {
+			return api.Errorf(http.StatusConflict, "%s is the primary and the switchover before leaving failed: %v", a.cfg.Name, err)
+		}
 	}
 	if !a.leaving.CompareAndSwap(false, true) {
 		return api.Errorf(http.StatusConflict, "already leaving")

@@ -2,6 +2,9 @@ package agent
 
 import (
 	"fmt"
+	"sort"
+	"strings"
+	"time"
 
 	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/raftfsm"
@@ -25,22 +28,54 @@ type LocalPG struct {
 	Running    bool
 	InRecovery bool
 	Timeline   uint32
-	WAL        uint64
+	WAL        uint64 // primary: current LSN; replica: replay LSN
+	Receive    uint64 // replica: receive LSN
 	Streaming  bool
+	// WasPrimary: the data directory was last run as a primary (from
+	// pg_controldata, read while PostgreSQL is stopped). Such a directory
+	// may have diverged from a newer primary and is rewound before it
+	// follows one.
+	WasPrimary bool
+	// CtlTimeline is the timeline of the last checkpoint (stopped only).
+	CtlTimeline uint32
 }
+
+// OldPrimary is what the leader learnt by asking the recorded primary's
+// agent directly (its REST API) this round.
+type OldPrimary int
+
+// What the leader knows of the recorded primary's agent.
+const (
+	OldPrimaryUnknown OldPrimary = iota // not asked (not leader, or we are the primary)
+	OldPrimaryAlive                     // its agent answered
+	OldPrimaryDown                      // connection refused: the agent is gone, and its PostgreSQL with it (parent-death signal)
+	OldPrimarySilent                    // no answer in time: frozen or cut off; it fences itself within its lease
+)
 
 // Input is everything the decision needs; gathering it is the HA loop's
 // job, so Decide itself is pure and table-testable.
 type Input struct {
 	Self    string
 	Witness bool
+	Tags    Tags
 	// Leader is true only when this node is Raft leader AND has passed the
 	// Barrier of the current term (its FSM is up to date).
 	Leader bool
-	State  raftfsm.State
+	// Now and PromoteNotBefore: a new leader may not promote before the
+	// old primary has surely fenced itself (see agent.fenceBudget).
+	Now              time.Time
+	PromoteNotBefore time.Time
+	OldPrimary       OldPrimary
+	State            raftfsm.State
 	// Gossip holds the live gossip members by name.
 	Gossip map[string]membership.Member
 	PG     LocalPG
+}
+
+// Tags are the local member's behaviour switches.
+type Tags struct {
+	NoFailover bool
+	Priority   int
 }
 
 // ActionKind says what to do.
@@ -54,9 +89,12 @@ const (
 	ActInitDB                               // initdb + start as primary, then commit the system id
 	ActRecordSystemID                       // commit the system id of an existing (our own) initdb
 	ActClone                                // pg_basebackup from Upstream
+	ActRewind                               // pg_rewind from Upstream (re-clone if that fails)
 	ActRunPrimary                           // make sure PostgreSQL runs as primary
 	ActRunReplica                           // make sure PostgreSQL runs as a replica of Upstream
-	ActStop                                 // stop PostgreSQL (fence); Reason says why
+	ActPromote                              // promote the local standby (the primary record is ours)
+	ActFailover                             // commit the primary record for this node, then promote
+	ActFence                                // stop PostgreSQL at once: it must not take writes
 	ActTransferLeadership                   // hand Raft leadership to Target
 	ActEnsureSlots                          // create/drop replication slots for the members
 	ActRecordLSN                            // commit the primary's WAL position
@@ -64,8 +102,9 @@ const (
 
 var actionNames = map[ActionKind]string{
 	ActWait: "wait", ActRefuse: "refuse", ActInitClaim: "init-claim", ActInitDB: "initdb",
-	ActRecordSystemID: "record-system-id", ActClone: "clone", ActRunPrimary: "run-primary",
-	ActRunReplica: "run-replica", ActStop: "stop", ActTransferLeadership: "transfer-leadership",
+	ActRecordSystemID: "record-system-id", ActClone: "clone", ActRewind: "rewind",
+	ActRunPrimary: "run-primary", ActRunReplica: "run-replica", ActPromote: "promote",
+	ActFailover: "failover", ActFence: "fence", ActTransferLeadership: "transfer-leadership",
 	ActEnsureSlots: "ensure-slots", ActRecordLSN: "record-lsn",
 }
 
@@ -102,7 +141,7 @@ func Decide(in Input) []Action {
 	if st.SystemID != 0 && in.PG.Data == DataValid && in.PG.SysID != 0 && in.PG.SysID != st.SystemID {
 		acts := []Action{{Kind: ActRefuse, Reason: fmt.Sprintf("the data directory belongs to another cluster (system identifier %d, this cluster's is %d); move it away to let this node clone", in.PG.SysID, st.SystemID)}}
 		if in.PG.Running {
-			acts = append([]Action{{Kind: ActStop, Reason: "foreign data directory"}}, acts...)
+			acts = append([]Action{{Kind: ActFence, Reason: "foreign data directory"}}, acts...)
 		}
 		return acts
 	}
@@ -121,8 +160,7 @@ func Decide(in Input) []Action {
 		return []Action{{Kind: ActInitClaim}}
 	}
 
-	p := st.Primary
-	if p.Member == in.Self {
+	if st.Primary.Member == in.Self {
 		return decideSelfPrimary(in)
 	}
 	return decideReplica(in)
@@ -132,12 +170,12 @@ func decideSelfPrimary(in Input) []Action {
 	st := in.State
 	if !in.Leader {
 		// The primary must be the Raft leader: without leadership we do
-		// not accept writes (safety rule 2). The leader will hand
-		// leadership back to us while we are healthy.
+		// not accept writes (safety rule 2). The leader hands leadership
+		// back to us while our agent is alive.
 		if in.PG.Running && !in.PG.InRecovery {
-			return []Action{{Kind: ActStop, Reason: "this node holds the primary record but not Raft leadership"}}
+			return []Action{{Kind: ActFence, Reason: "this node holds the primary record but not Raft leadership"}}
 		}
-		return []Action{{Kind: ActWait, Reason: "waiting for Raft leadership before starting as primary"}}
+		return []Action{{Kind: ActWait, Reason: "waiting for Raft leadership before running as primary"}}
 	}
 	if st.Primary.Initializing {
 		switch in.PG.Data {
@@ -151,16 +189,27 @@ func decideSelfPrimary(in Input) []Action {
 		return []Action{{Kind: ActWait, Reason: "local data directory state unknown"}}
 	}
 	if in.PG.Data == DataEmpty {
-		return []Action{{Kind: ActRefuse, Reason: "this node is the recorded primary but its data directory is empty; use pgha failover to another member"}}
+		return []Action{{Kind: ActRefuse, Reason: "this node is the recorded primary but its data directory is empty; run pgha failover --candidate <replica>"}}
 	}
-	if in.PG.Running && in.PG.InRecovery {
-		return []Action{{Kind: ActRefuse, Reason: "this node holds the primary record but PostgreSQL runs as a standby; automatic promotion is not implemented yet"}}
+	if in.PG.Running && !in.PG.InRecovery {
+		acts := []Action{{Kind: ActRunPrimary}, {Kind: ActEnsureSlots}, {Kind: ActRecordLSN}}
+		return acts
 	}
-	acts := []Action{{Kind: ActRunPrimary}}
-	if in.PG.Running {
-		acts = append(acts, Action{Kind: ActEnsureSlots}, Action{Kind: ActRecordLSN})
+	if st.Paused {
+		return []Action{{Kind: ActWait, Reason: "maintenance mode: not starting or promoting PostgreSQL"}}
 	}
-	return acts
+	if in.PG.Running || !in.PG.WasPrimary {
+		// A standby holding the committed record: promote it (switchover
+		// target, or the second half of a failover). A stopped standby is
+		// started in recovery first so promotion moves to a new timeline.
+		return []Action{{Kind: ActPromote}}
+	}
+	// Stopped, last run as primary: restart it, unless a newer timeline
+	// exists (it would be a diverged copy).
+	if st.Primary.Timeline != 0 && in.PG.CtlTimeline != 0 && in.PG.CtlTimeline < st.Primary.Timeline {
+		return []Action{{Kind: ActRefuse, Reason: fmt.Sprintf("local data is on timeline %d but the cluster is on %d; run pgha failover --candidate <replica>", in.PG.CtlTimeline, st.Primary.Timeline)}}
+	}
+	return []Action{{Kind: ActRunPrimary}}
 }
 
 func decideReplica(in Input) []Action {
@@ -168,43 +217,149 @@ func decideReplica(in Input) []Action {
 	p := st.Primary
 	var acts []Action
 	if in.Leader {
-		g, alive := in.Gossip[p.Member]
-		if alive && g.MetaOK && g.Meta.HasRaft {
-			// The primary's node is up: leadership belongs there.
-			acts = append(acts, Action{Kind: ActTransferLeadership, Target: p.Member, Reason: "the primary must be the Raft leader"})
-		} else {
-			acts = append(acts, Action{Kind: ActWait, Target: p.Member, Reason: fmt.Sprintf("primary %s is not reachable by gossip", p.Member)})
+		acts = append(acts, leaderActions(in)...)
+		for _, a := range acts {
+			if a.Kind == ActFailover {
+				return acts // the failover action promotes; nothing else this round
+			}
 		}
 	}
 	if p.Initializing || st.SystemID == 0 {
 		return append(acts, Action{Kind: ActWait, Reason: fmt.Sprintf("waiting for %s to initialise the cluster", p.Member)})
 	}
 	if in.PG.Running && !in.PG.InRecovery {
-		// A primary that is not the recorded one: it must stop taking
-		// writes at once. Rewinding it is the failover issue's job.
-		return append(acts, Action{Kind: ActStop, Reason: fmt.Sprintf("PostgreSQL runs as a primary but %s holds the primary record", p.Member)})
+		// A primary that is not the recorded one must stop taking writes
+		// at once; it is rewound before it follows the new primary.
+		return append(acts, Action{Kind: ActFence, Reason: fmt.Sprintf("PostgreSQL runs as a primary but %s holds the primary record", p.Member)})
 	}
 	pm, ok := st.Members[p.Member]
 	if !ok || pm.PGAddr == "" {
 		return append(acts, Action{Kind: ActWait, Reason: fmt.Sprintf("no PostgreSQL address known for primary %s", p.Member)})
 	}
-	if in.PG.Data == DataEmpty {
-		g, alive := in.Gossip[p.Member]
-		if !alive || !g.MetaOK || g.Meta.PGState != "running" {
+	g, alive := in.Gossip[p.Member]
+	primaryRuns := alive && g.Alive && g.MetaOK && g.Meta.Role == "primary" && g.Meta.PGState == "running"
+	if st.Paused && !in.PG.Running {
+		return append(acts, Action{Kind: ActWait, Reason: "maintenance mode: not starting PostgreSQL"})
+	}
+	switch {
+	case in.PG.Data == DataEmpty:
+		if !primaryRuns {
 			return append(acts, Action{Kind: ActWait, Reason: fmt.Sprintf("waiting for primary %s to run before cloning", p.Member)})
 		}
 		return append(acts, Action{Kind: ActClone, Target: p.Member, Upstream: pm.PGAddr})
+	case !in.PG.Running && in.PG.WasPrimary:
+		if !primaryRuns {
+			return append(acts, Action{Kind: ActWait, Reason: fmt.Sprintf("former primary: waiting for primary %s to run before rewinding", p.Member)})
+		}
+		return append(acts, Action{Kind: ActRewind, Target: p.Member, Upstream: pm.PGAddr})
 	}
 	return append(acts, Action{Kind: ActRunReplica, Target: p.Member, Upstream: pm.PGAddr})
+}
+
+// leaderActions is what a Raft leader that does not hold the primary
+// record does about it: give leadership to the primary's node while its
+// agent lives, otherwise fail over to the best candidate.
+func leaderActions(in Input) []Action {
+	st := in.State
+	p := st.Primary.Member
+	if st.Primary.Initializing || st.SystemID == 0 {
+		if g, ok := in.Gossip[p]; ok && g.Alive && g.MetaOK && g.Meta.HasRaft {
+			return []Action{{Kind: ActTransferLeadership, Target: p, Reason: "the initialising primary must lead"}}
+		}
+		return []Action{{Kind: ActWait, Reason: fmt.Sprintf("primary %s is initialising and unreachable", p)}}
+	}
+	if in.OldPrimary == OldPrimaryAlive {
+		return []Action{{Kind: ActTransferLeadership, Target: p, Reason: "the primary's agent is alive; the primary must be the Raft leader"}}
+	}
+	if st.Paused {
+		return []Action{{Kind: ActWait, Reason: fmt.Sprintf("maintenance mode: primary %s is unreachable but automatic failover is paused", p)}}
+	}
+	if in.OldPrimary != OldPrimaryDown && in.Now.Before(in.PromoteNotBefore) {
+		return []Action{{Kind: ActWait, Reason: fmt.Sprintf("primary %s unreachable: waiting %s for it to fence itself", p, in.PromoteNotBefore.Sub(in.Now).Round(10*time.Millisecond))}}
+	}
+	best, why := bestCandidate(in)
+	switch {
+	case best == "":
+		return []Action{{Kind: ActWait, Reason: "primary " + p + " is lost but no member can be promoted: " + why}}
+	case best == in.Self:
+		return []Action{{Kind: ActFailover, Reason: fmt.Sprintf("primary %s is lost", p)}}
+	default:
+		return []Action{{Kind: ActTransferLeadership, Target: best, Reason: fmt.Sprintf("primary %s is lost and %s is the best candidate", p, best)}}
+	}
+}
+
+// candidate is a member considered for promotion.
+type candidate struct {
+	name     string
+	priority int
+	lsn      uint64
+}
+
+// bestCandidate ranks the members that may be promoted: PostgreSQL running
+// as a replica, no nofailover tag, not a witness, WAL within
+// maximum_lag_on_failover of the last known primary position. Highest
+// priority wins, then the most advanced WAL, then the smallest name, so
+// every node ranks the same way. When nobody qualifies it says why.
+func bestCandidate(in Input) (string, string) {
+	st := in.State
+	var cands []candidate
+	var why []string
+	consider := func(name string, running, inRecovery, nofail, witness bool, prio int, lsn uint64) {
+		switch {
+		case witness:
+			return
+		case name == st.Primary.Member:
+			return
+		case nofail:
+			why = append(why, name+" has nofailover")
+		case !running || !inRecovery:
+			why = append(why, name+" has no running replica")
+		case st.PrimaryLSN != nil && st.PrimaryLSN.LSN > lsn && int64(st.PrimaryLSN.LSN-lsn) > st.Config.MaximumLagOnFailover:
+			why = append(why, fmt.Sprintf("%s is %d bytes behind (maximum_lag_on_failover %d)", name, st.PrimaryLSN.LSN-lsn, st.Config.MaximumLagOnFailover))
+		default:
+			cands = append(cands, candidate{name: name, priority: prio, lsn: lsn})
+		}
+	}
+	consider(in.Self, in.PG.Running, in.PG.InRecovery, in.Tags.NoFailover, in.Witness, in.Tags.Priority, max(in.PG.Receive, in.PG.WAL))
+	for name, g := range in.Gossip {
+		if name == in.Self || !g.MetaOK {
+			continue
+		}
+		if _, member := st.Members[name]; !member {
+			continue
+		}
+		running := g.Alive && (g.Meta.PGState == "streaming" || g.Meta.PGState == "running")
+		consider(name, running, g.Meta.Role == "replica", g.Meta.NoFail, g.Meta.Witness, g.Meta.Priority, max(g.Meta.Recv, g.Meta.WAL))
+	}
+	if len(cands) == 0 {
+		sort.Strings(why)
+		if len(why) == 0 {
+			why = []string{"no other member is reachable"}
+		}
+		return "", strings.Join(why, "; ")
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		a, b := cands[i], cands[j]
+		if a.priority != b.priority {
+			return a.priority > b.priority
+		}
+		if a.lsn != b.lsn {
+			return a.lsn > b.lsn
+		}
+		return a.name < b.name
+	})
+	return cands[0].name, ""
 }
 
 func decideWitness(in Input) []Action {
 	if !in.Leader || in.State.Primary == nil {
 		return []Action{{Kind: ActWait, Reason: "witness: no PostgreSQL"}}
 	}
-	p := in.State.Primary.Member
-	if g, ok := in.Gossip[p]; ok && g.MetaOK && g.Meta.HasRaft {
-		return []Action{{Kind: ActTransferLeadership, Target: p, Reason: "a witness never leads"}}
+	acts := leaderActions(in)
+	for i, a := range acts {
+		if a.Kind == ActFailover { // cannot happen: a witness is never a candidate
+			acts[i] = Action{Kind: ActWait, Reason: "witness cannot be promoted"}
+		}
 	}
-	return []Action{{Kind: ActWait, Reason: "witness leads until a database node can take over"}}
+	return acts
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/raftfsm"
@@ -25,12 +26,42 @@ func fsmState(primary string, initializing bool) raftfsm.State {
 	return s
 }
 
-func gossipOf(states map[string]string) map[string]membership.Member {
+// gossipOf builds a gossip view: state "running" is a primary,
+// "streaming" a replica; WAL positions and tags come from meta().
+func gossipOf(states map[string]string, meta ...func(name string, m *membership.Meta)) map[string]membership.Member {
 	out := map[string]membership.Member{}
 	for name, st := range states {
-		out[name] = membership.Member{Name: name, Alive: true, MetaOK: true, Meta: membership.Meta{HasRaft: true, PGState: st}}
+		m := membership.Meta{HasRaft: true, PGState: st, Priority: 1}
+		switch st {
+		case "running":
+			m.Role = "primary"
+		case "streaming":
+			m.Role = "replica"
+		}
+		for _, f := range meta {
+			f(name, &m)
+		}
+		out[name] = membership.Member{Name: name, Alive: true, MetaOK: true, Meta: m}
 	}
 	return out
+}
+
+func withLSN(lsn map[string]uint64) func(string, *membership.Meta) {
+	return func(name string, m *membership.Meta) { m.Recv, m.WAL = lsn[name], lsn[name] }
+}
+
+func withPriority(prio map[string]int) func(string, *membership.Meta) {
+	return func(name string, m *membership.Meta) {
+		if p, ok := prio[name]; ok {
+			m.Priority = p
+		}
+	}
+}
+
+func withState(f func(*raftfsm.State)) raftfsm.State {
+	s := fsmState("n1", false)
+	f(&s)
+	return s
 }
 
 func kinds(acts []Action) string {
@@ -43,10 +74,22 @@ func kinds(acts []Action) string {
 
 func TestDecide(t *testing.T) {
 	runningPrimary := LocalPG{Data: DataValid, SysID: sysid, Running: true}
-	runningReplica := LocalPG{Data: DataValid, SysID: sysid, Running: true, InRecovery: true, Streaming: true}
+	runningReplica := LocalPG{Data: DataValid, SysID: sysid, Running: true, InRecovery: true, Streaming: true, Receive: 1000, WAL: 1000}
 	stopped := LocalPG{Data: DataValid, SysID: sysid}
+	stoppedExPrimary := LocalPG{Data: DataValid, SysID: sysid, WasPrimary: true, CtlTimeline: 1}
 	empty := LocalPG{Data: DataEmpty}
 	allUp := gossipOf(map[string]string{"n1": "running", "n2": "streaming", "n3": "streaming"})
+	replicasUp := gossipOf(map[string]string{"n2": "streaming", "n3": "streaming"}, withLSN(map[string]uint64{"n2": 1000, "n3": 1000}))
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	paused := withState(func(s *raftfsm.State) { s.Paused = true })
+	lagging := withState(func(s *raftfsm.State) {
+		s.Config.MaximumLagOnFailover = 100
+		s.PrimaryLSN = &raftfsm.LSNRecord{LSN: 5000, Timeline: 1}
+	})
+	onTimeline3 := withState(func(s *raftfsm.State) { s.Primary.Timeline = 3 })
+	leaderN2 := func(st raftfsm.State, g map[string]membership.Member, old OldPrimary, pg LocalPG) Input {
+		return Input{Self: "n2", Leader: true, Now: now, State: st, Gossip: g, OldPrimary: old, PG: pg, Tags: Tags{Priority: 1}}
+	}
 
 	cases := []struct {
 		name string
@@ -54,6 +97,7 @@ func TestDecide(t *testing.T) {
 		want string // action kinds, comma-separated
 		why  string // substring of a reason, when it matters
 	}{
+		// Forming and initialising.
 		{"follower waits for initialisation", Input{Self: "n2", State: fsmState("", false), PG: empty}, "wait", "initialise"},
 		{"leader claims initialisation", Input{Self: "n1", Leader: true, State: fsmState("", false), PG: empty}, "init-claim", ""},
 		{"leader with a non-empty data dir refuses to initialise", Input{Self: "n1", Leader: true, State: fsmState("", false), PG: stopped}, "refuse", "not empty"},
@@ -61,22 +105,57 @@ func TestDecide(t *testing.T) {
 		{"claim holder runs initdb", Input{Self: "n1", Leader: true, State: fsmState("n1", true), PG: empty}, "initdb", ""},
 		{"claim holder with its own finished initdb records the id", Input{Self: "n1", Leader: true, State: fsmState("n1", true), PG: stopped}, "record-system-id", ""},
 		{"replica waits while the primary initialises", Input{Self: "n2", State: fsmState("n1", true), PG: empty}, "wait", "initialise"},
+		{"leader hands leadership to the initialising primary", Input{Self: "n2", Leader: true, State: fsmState("n1", true), Gossip: allUp, PG: empty}, "transfer-leadership,wait", ""},
+
+		// Replicas.
 		{"empty replica clones from a running primary", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: empty}, "clone", ""},
 		{"empty replica waits for a stopped primary", Input{Self: "n2", State: fsmState("n1", false), Gossip: gossipOf(map[string]string{"n1": "stopped"}), PG: empty}, "wait", "before cloning"},
 		{"replica with data runs as replica", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: stopped}, "run-replica", ""},
 		{"streaming replica keeps streaming", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: runningReplica}, "run-replica", ""},
+		{"former primary rewinds before following", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: stoppedExPrimary}, "rewind", ""},
+		{"former primary waits for the new primary to run", Input{Self: "n2", State: fsmState("n1", false), Gossip: gossipOf(map[string]string{"n1": "stopped"}), PG: stoppedExPrimary}, "wait", "rewinding"},
+		{"unrecorded primary is fenced", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: runningPrimary}, "fence", "holds the primary record"},
+		{"paused: a stopped replica stays stopped", Input{Self: "n2", State: paused, Gossip: allUp, PG: stopped}, "wait", "maintenance"},
+
+		// The primary's own node.
 		{"primary as leader runs and keeps slots and LSN", Input{Self: "n1", Leader: true, State: fsmState("n1", false), Gossip: allUp, PG: runningPrimary}, "run-primary,ensure-slots,record-lsn", ""},
-		{"stopped primary as leader starts", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: stopped}, "run-primary", ""},
-		{"primary record without leadership: fence", Input{Self: "n1", State: fsmState("n1", false), PG: runningPrimary}, "stop", "leadership"},
+		{"crashed primary as leader restarts", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: stoppedExPrimary}, "run-primary", ""},
+		{"paused: crashed primary is not restarted", Input{Self: "n1", Leader: true, State: paused, PG: stoppedExPrimary}, "wait", "maintenance"},
+		{"record holder running as standby promotes", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: runningReplica}, "promote", ""},
+		{"stopped standby holding the record promotes (started in recovery first)", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: stopped}, "promote", ""},
+		{"stale ex-primary on an older timeline refuses to start as primary", Input{Self: "n1", Leader: true, State: onTimeline3, PG: stoppedExPrimary}, "refuse", "timeline"},
+		{"primary record without leadership: fence", Input{Self: "n1", State: fsmState("n1", false), PG: runningPrimary}, "fence", "leadership"},
 		{"primary record without leadership: stay stopped", Input{Self: "n1", State: fsmState("n1", false), PG: stopped}, "wait", "leadership"},
-		{"leader that is not primary hands leadership to a live primary", Input{Self: "n2", Leader: true, State: fsmState("n1", false), Gossip: allUp, PG: runningReplica}, "transfer-leadership,run-replica", ""},
-		{"leader that is not primary and primary unreachable waits", Input{Self: "n2", Leader: true, State: fsmState("n1", false), Gossip: gossipOf(map[string]string{"n2": "streaming"}), PG: runningReplica}, "wait,run-replica", "not reachable"},
-		{"unrecorded primary is stopped", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: runningPrimary}, "stop", "holds the primary record"},
-		{"foreign data directory refused", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: LocalPG{Data: DataValid, SysID: 42}}, "refuse", "another cluster"},
-		{"running foreign data directory stopped and refused", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: LocalPG{Data: DataValid, SysID: 42, Running: true}}, "stop,refuse", "another cluster"},
-		{"invalid data directory refused", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: LocalPG{Data: DataInvalid}}, "refuse", "not a PostgreSQL data directory"},
 		{"recorded primary with empty data refuses", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: empty}, "refuse", "empty"},
-		{"witness leader hands leadership to the primary", Input{Self: "w", Witness: true, Leader: true, State: fsmState("n1", false), Gossip: allUp}, "transfer-leadership", ""},
+
+		// A leader that is not the primary: hand back or fail over.
+		{"primary's agent alive: hand leadership back", leaderN2(fsmState("n1", false), allUp, OldPrimaryAlive, runningReplica), "transfer-leadership,run-replica", ""},
+		{"primary down: the best candidate fails over", leaderN2(fsmState("n1", false), replicasUp, OldPrimaryDown, runningReplica), "failover", ""},
+		{"primary silent: wait out its lease", func() Input {
+			in := leaderN2(fsmState("n1", false), replicasUp, OldPrimarySilent, runningReplica)
+			in.PromoteNotBefore = now.Add(500 * time.Millisecond)
+			return in
+		}(), "wait,run-replica", "fence itself"},
+		{"primary silent after its lease: fail over", leaderN2(fsmState("n1", false), replicasUp, OldPrimarySilent, runningReplica), "failover", ""},
+		{"a more advanced replica is the better candidate", leaderN2(fsmState("n1", false), gossipOf(map[string]string{"n2": "streaming", "n3": "streaming"}, withLSN(map[string]uint64{"n3": 2000})), OldPrimaryDown, runningReplica), "transfer-leadership,run-replica", "n3 is the best"},
+		{"failover priority beats WAL position", leaderN2(fsmState("n1", false), gossipOf(map[string]string{"n2": "streaming", "n3": "streaming"}, withLSN(map[string]uint64{"n3": 500}), withPriority(map[string]int{"n3": 5})), OldPrimaryDown, runningReplica), "transfer-leadership,run-replica", "n3 is the best"},
+		{"nofailover leader hands over to an eligible replica", func() Input {
+			in := leaderN2(fsmState("n1", false), replicasUp, OldPrimaryDown, runningReplica)
+			in.Tags.NoFailover = true
+			return in
+		}(), "transfer-leadership,run-replica", "n3"},
+		{"nobody within maximum_lag_on_failover: no promotion, with the reason", leaderN2(lagging, replicasUp, OldPrimaryDown, runningReplica), "wait,run-replica", "bytes behind"},
+		{"paused: no failover", leaderN2(paused, replicasUp, OldPrimaryDown, runningReplica), "wait,run-replica", "maintenance"},
+		{"stopped replicas are not candidates", leaderN2(fsmState("n1", false), gossipOf(map[string]string{"n3": "stopped"}), OldPrimaryDown, stopped), "wait,run-replica", "no running replica"},
+
+		// Safety against foreign data.
+		{"foreign data directory refused", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: LocalPG{Data: DataValid, SysID: 42}}, "refuse", "another cluster"},
+		{"running foreign data directory fenced and refused", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: LocalPG{Data: DataValid, SysID: 42, Running: true}}, "fence,refuse", "another cluster"},
+		{"invalid data directory refused", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: LocalPG{Data: DataInvalid}}, "refuse", "not a PostgreSQL data directory"},
+
+		// Witness.
+		{"witness leader hands leadership to the live primary", Input{Self: "w", Witness: true, Leader: true, Now: now, State: fsmState("n1", false), Gossip: allUp, OldPrimary: OldPrimaryAlive}, "transfer-leadership", ""},
+		{"witness leader hands leadership to the best candidate", Input{Self: "w", Witness: true, Leader: true, Now: now, State: fsmState("n1", false), Gossip: replicasUp, OldPrimary: OldPrimaryDown}, "transfer-leadership", "n2 is the best"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

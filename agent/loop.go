@@ -46,6 +46,9 @@ func (a *Agent) haLoop(ctx context.Context) {
 
 // round is one pass: gather inputs, decide, act, publish status.
 func (a *Agent) round(ctx context.Context) {
+	// A switchover in progress owns PostgreSQL: the loop waits for it.
+	a.actionMu.Lock()
+	defer a.actionMu.Unlock()
 	local := a.probe(ctx)
 	if !a.raft.HasConfiguration() {
 		a.publish(local, a.maybeBootstrap())
@@ -70,12 +73,19 @@ func (a *Agent) round(ctx context.Context) {
 		}
 		a.savePeers(inRaft)
 	}
+	st := a.raft.FSM().State()
 	in := Input{
-		Self:   a.cfg.Name,
-		Leader: leader,
-		State:  a.raft.FSM().State(),
-		Gossip: a.gossipByName(),
-		PG:     local,
+		Self:             a.cfg.Name,
+		Tags:             Tags{NoFailover: a.cfg.Tags.NoFailover, Priority: a.cfg.Tags.FailoverPriority},
+		Leader:           leader,
+		Now:              time.Now(),
+		PromoteNotBefore: a.promoteNotBefore(),
+		State:            st,
+		Gossip:           a.gossipByName(),
+		PG:               local,
+	}
+	if leader && st.Primary != nil && st.Primary.Member != a.cfg.Name {
+		in.OldPrimary = a.askPrimary(ctx, st)
 	}
 	var waiting, failure string
 	for _, act := range Decide(in) {
@@ -140,6 +150,13 @@ func (a *Agent) probe(ctx context.Context) LocalPG {
 		}
 	}
 	l.Running = a.pg.Running()
+	if !l.Running && l.Data == DataValid {
+		if cd, err := a.pg.ControlData(ctx); err == nil {
+			l.WasPrimary, l.CtlTimeline = cd.WasPrimary(), cd.Timeline
+		} else {
+			a.log.Warn("pg_controldata", "err", err)
+		}
+	}
 	if l.Running {
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := a.pg.Status(pctx)
@@ -149,6 +166,7 @@ func (a *Agent) probe(ctx context.Context) LocalPG {
 			l.Timeline = st.Timeline
 			l.WAL = st.WalLSN
 			l.Streaming = st.Streaming
+			l.Receive = st.ReceiveLSN
 			a.setStatus(func(s *NodeStatus) { s.Receive = st.ReceiveLSN })
 		} else {
 			a.log.Debug("status query failed", "err", err)
@@ -157,6 +175,7 @@ func (a *Agent) probe(ctx context.Context) LocalPG {
 			l.InRecovery = a.Status().InRecov
 		}
 	}
+	a.primaryUp.Store(l.Running && !l.InRecovery)
 	a.setStatus(func(s *NodeStatus) {
 		if l.Data != DataValid {
 			s.SysID = 0
@@ -200,23 +219,50 @@ func (a *Agent) publish(l LocalPG, waiting string) {
 	m.Role, m.PGState, m.Timeline, m.WAL, m.SysID = role, state, l.Timeline, l.WAL, cur.SysID
 	m.Recv = cur.Receive
 	m.Err = cur.Error
-	if m.Err == "" && waiting != "" && !l.Running {
-		m.Err = "waiting: " + waiting
-	}
+	m.Wait = waiting
 	m.At = time.Now().UnixMilli()
 	if err := a.gossip.SetMeta(m); err != nil {
 		a.log.Warn("publish status", "err", err)
 	}
 }
 
+// staleAfter is how long a member may go without republishing its status
+// before it counts as unreachable: agents republish every second (see
+// beat), so this is far quicker than memberlist's own verdict.
+const staleAfter = 3 * time.Second
+
+// gossipByName returns this cluster's gossip members by name; Alive is
+// false for members whose status went stale.
 func (a *Agent) gossipByName() map[string]membership.Member {
 	out := map[string]membership.Member{}
+	now := time.Now()
 	for _, m := range a.gossip.Members() {
 		if m.MetaOK && m.Meta.Cluster == a.cfg.Cluster {
+			m.Alive = m.Name == a.cfg.Name || now.Sub(m.LastUpdate) < staleAfter
 			out[m.Name] = m
 		}
 	}
 	return out
+}
+
+// beat republishes this node's status every second with a fresh
+// timestamp, even while the HA loop is busy (cloning can take minutes),
+// so peers can tell a silent node from a busy one.
+func (a *Agent) beat(ctx context.Context) {
+	t := time.NewTicker(loopInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m := a.gossip.LocalMeta()
+		m.At = time.Now().UnixMilli()
+		if err := a.gossip.SetMeta(m); err != nil {
+			a.log.Debug("republish status", "err", err)
+		}
+	}
 }
 
 // maybeBootstrap forms a new cluster without any external service: when
@@ -428,14 +474,17 @@ func (a *Agent) perform(ctx context.Context, act Action, in Input) error {
 		}
 		return a.ensureRunning(ctx, pgnode.RoleReplica, &pgnode.Upstream{Host: host, Port: port, Slot: pgnode.SlotName(a.cfg.Name)})
 
-	case ActStop:
-		if !a.pg.Running() {
-			return nil
-		}
-		a.log.Warn("stopping PostgreSQL", "reason", act.Reason)
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		return a.pg.Stop(sctx, pgnode.StopFast)
+	case ActFence:
+		return a.fence(act.Reason)
+
+	case ActPromote:
+		return a.promote(ctx, in, time.Time{})
+
+	case ActFailover:
+		return a.failover(ctx, in, act.Reason)
+
+	case ActRewind:
+		return a.rewind(ctx, act, in)
 
 	case ActTransferLeadership:
 		return a.transferLeadership(act.Target, act.Reason)
@@ -467,10 +516,17 @@ func (a *Agent) perform(ctx context.Context, act Action, in Input) error {
 			return nil
 		}
 		a.lastLSNAt = time.Now()
-		return a.raft.Apply(raftfsm.SetPrimaryLSN{
+		err := a.raft.Apply(raftfsm.SetPrimaryLSN{
 			Member: a.cfg.Name, Epoch: in.State.Primary.Epoch, LSN: in.PG.WAL,
 			Timeline: in.PG.Timeline, At: time.Now().UTC(),
 		}, applyTimeout)
+		if errors.Is(err, raftfsm.ErrRejected) {
+			// A new timeline starts below the old one's position on the
+			// record only in a bug; log it, do not fail the round.
+			a.log.Warn("primary LSN not recorded", "err", err)
+			return nil
+		}
+		return err
 	}
 	return fmt.Errorf("unknown action %v", act.Kind)
 }

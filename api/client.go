@@ -116,3 +116,30 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) (int,
 	}
 	return resp.StatusCode, nil
 }
+
+// Switchover asks the cluster for a planned switchover.
+func (c *Client) Switchover(ctx context.Context, req SwitchoverRequest) (SwitchoverResult, error) {
+	var res SwitchoverResult
+	_, err := c.do(ctx, http.MethodPost, "/switchover", req, &res)
+	return res, err
+}
+
+// Failover asks the cluster to promote req.Candidate.
+func (c *Client) Failover(ctx context.Context, req SwitchoverRequest) (SwitchoverResult, error) {
+	var res SwitchoverResult
+	_, err := c.do(ctx, http.MethodPost, "/failover", req, &res)
+	return res, err
+}
+
+// SetPaused turns maintenance mode on or off.
+func (c *Client) SetPaused(ctx context.Context, paused bool) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/pause", PauseRequest{Paused: paused}, nil)
+	return err
+}
+
+// History fetches GET /history.
+func (c *Client) History(ctx context.Context) ([]HistoryEntry, error) {
+	var h []HistoryEntry
+	_, err := c.do(ctx, http.MethodGet, "/history", nil, &h)
+	return h, err
+}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -40,6 +41,11 @@ type Backend interface {
 	Join(ctx context.Context, req JoinRequest) error
 	Leave(ctx context.Context) error
 	Remove(ctx context.Context, req RemoveRequest) error
+	// Switchover and Failover run on the leader (ErrNotLeader forwards).
+	Switchover(ctx context.Context, req SwitchoverRequest) (SwitchoverResult, error)
+	Failover(ctx context.Context, req SwitchoverRequest) (SwitchoverResult, error)
+	SetPaused(ctx context.Context, paused bool) error
+	History() []HistoryEntry
 	// LeaderAPI returns the leader's API address, "" when unknown.
 	LeaderAPI() string
 }
@@ -82,6 +88,10 @@ func New(o Options, b Backend) (*Server, error) {
 	mux.HandleFunc("POST /v1/join", s.handleJoin)
 	mux.HandleFunc("POST /v1/leave", s.handleLeave)
 	mux.HandleFunc("POST /v1/remove", s.handleRemove)
+	mux.HandleFunc("POST /switchover", s.handleSwitchover)
+	mux.HandleFunc("POST /failover", s.handleFailover)
+	mux.HandleFunc("POST /v1/pause", s.handlePause)
+	mux.HandleFunc("GET /history", s.handleHistory)
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -170,7 +180,7 @@ func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, Errorf(http.StatusBadRequest, "addr is required (the gossip host:port of any member)"))
 		return
 	}
-	if _, _, err := net.SplitHostPort(req.Addr); err != nil {
+	if err := checkHostPort(req.Addr); err != nil {
 		writeError(w, Errorf(http.StatusBadRequest, "addr %q: %v", req.Addr, err))
 		return
 	}
@@ -189,23 +199,27 @@ func (s *Server) handleLeave(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "left"})
 }
 
-func (s *Server) handleRemove(w http.ResponseWriter, r *http.Request) {
+// leaderOnly decodes a JSON body into req, checks it, runs do, and
+// forwards the request to the leader when do says this node is not it.
+func leaderOnly[T any](s *Server, w http.ResponseWriter, r *http.Request, check func(*T) error, do func(*T) (any, error)) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
 		writeError(w, Errorf(http.StatusBadRequest, "read body: %v", err))
 		return
 	}
-	var req RemoveRequest
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	if err := decode(w, r, &req); err != nil {
+	var req T
+	if len(bytes.TrimSpace(body)) > 0 {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		if err := decode(w, r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	if err := check(&req); err != nil {
 		writeError(w, err)
 		return
 	}
-	if req.Name == "" {
-		writeError(w, Errorf(http.StatusBadRequest, "name is required"))
-		return
-	}
-	err = s.backend.Remove(r.Context(), req)
+	out, err := do(&req)
 	if errors.Is(err, ErrNotLeader) {
 		s.forward(w, r, body)
 		return
@@ -214,7 +228,45 @@ func (s *Server) handleRemove(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "removed"})
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleRemove(w http.ResponseWriter, r *http.Request) {
+	leaderOnly(s, w, r, func(req *RemoveRequest) error {
+		if req.Name == "" {
+			return Errorf(http.StatusBadRequest, "name is required")
+		}
+		return nil
+	}, func(req *RemoveRequest) (any, error) {
+		return map[string]string{"status": "removed"}, s.backend.Remove(r.Context(), *req)
+	})
+}
+
+func (s *Server) handleSwitchover(w http.ResponseWriter, r *http.Request) {
+	leaderOnly(s, w, r, func(*SwitchoverRequest) error { return nil }, func(req *SwitchoverRequest) (any, error) {
+		return s.backend.Switchover(r.Context(), *req)
+	})
+}
+
+func (s *Server) handleFailover(w http.ResponseWriter, r *http.Request) {
+	leaderOnly(s, w, r, func(req *SwitchoverRequest) error {
+		if req.Candidate == "" {
+			return Errorf(http.StatusBadRequest, "candidate is required for a failover")
+		}
+		return nil
+	}, func(req *SwitchoverRequest) (any, error) {
+		return s.backend.Failover(r.Context(), *req)
+	})
+}
+
+func (s *Server) handlePause(w http.ResponseWriter, r *http.Request) {
+	leaderOnly(s, w, r, func(*PauseRequest) error { return nil }, func(req *PauseRequest) (any, error) {
+		return map[string]bool{"paused": req.Paused}, s.backend.SetPaused(r.Context(), req.Paused)
+	})
+}
+
+func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.backend.History())
 }
 
 // forward replays a leader-only request on the leader and relays its
@@ -248,4 +300,21 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
+}
+
+// checkHostPort accepts host:port with a non-empty host and a numeric
+// port in 1..65535.
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "" {
+		return errors.New("missing host")
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not a number in 1..65535", port)
+	}
+	return nil
 }

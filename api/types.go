@@ -70,3 +70,42 @@ type RemoveRequest struct {
 type ErrorBody struct {
 	Error string `json:"error"`
 }
+
+// SwitchoverRequest is the body of POST /switchover and POST /failover
+// (Patroni's field names).
+type SwitchoverRequest struct {
+	// Leader, when set, must name the current primary (a guard against
+	// acting on a stale view).
+	Leader string `json:"leader,omitempty"`
+	// Candidate is the member to promote; switchover picks the best one
+	// when empty, failover requires it.
+	Candidate string `json:"candidate,omitempty"`
+	// Force skips the lag check (never the catch-up wait of a switchover).
+	Force bool `json:"force,omitempty"`
+}
+
+// SwitchoverResult is the answer of a successful switchover or failover.
+type SwitchoverResult struct {
+	Old         string  `json:"old"`
+	New         string  `json:"new"`
+	Epoch       uint64  `json:"epoch"`
+	WriteGapSec float64 `json:"write_gap_seconds,omitempty"`
+	Message     string  `json:"message"`
+}
+
+// PauseRequest is the body of POST /v1/pause.
+type PauseRequest struct {
+	Paused bool `json:"paused"`
+}
+
+// HistoryEntry is one change of primary, as GET /history lists them.
+type HistoryEntry struct {
+	Epoch       uint64    `json:"epoch"`
+	At          time.Time `json:"at"`
+	Old         string    `json:"old,omitempty"`
+	New         string    `json:"new"`
+	Timeline    uint32    `json:"timeline,omitempty"`
+	LSN         string    `json:"lsn,omitempty"`
+	Reason      string    `json:"reason"`
+	DowntimeSec *float64  `json:"write_downtime_seconds,omitempty"`
+}

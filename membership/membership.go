@@ -16,8 +16,10 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -49,6 +51,7 @@ type Meta struct {
 	Priority int    `json:"fp,omitempty"`
 	Pending  bool   `json:"rp,omitempty"` // restart pending
 	Err      string `json:"x,omitempty"`  // last error, shortened
+	Wait     string `json:"wt,omitempty"` // why the node is waiting, shortened
 	At       int64  `json:"t,omitempty"`  // unix ms when the status was read
 }
 
@@ -57,6 +60,9 @@ const MaxMeta = memberlist.MetaMaxSize
 
 // EncodeMeta marshals m, shortening Err so the result fits in MaxMeta.
 func EncodeMeta(m Meta) ([]byte, error) {
+	if len(m.Wait) > 160 {
+		m.Wait = truncate(m.Wait, 157) + "..."
+	}
 	for {
 		b, err := json.Marshal(m)
 		if err != nil {
@@ -68,15 +74,31 @@ func EncodeMeta(m Meta) ([]byte, error) {
 		if m.Err == "" {
 			return nil, fmt.Errorf("gossip metadata is %d bytes, over memberlist's %d", len(b), MaxMeta)
 		}
-		cut := len(m.Err) - (len(b) - MaxMeta) - 3
-		if cut < 0 {
-			cut = 0
+		// The overshoot counts JSON escapes, so it may exceed the raw
+		// message: cut at most half of what is left per pass, so the loop
+		// ends quickly and keeps as much of the message as fits.
+		msg := strings.TrimSuffix(m.Err, "...")
+		keep := len(msg) - (len(b) - MaxMeta) - 3
+		if keep < len(msg)/2 {
+			keep = len(msg) / 2
 		}
-		m.Err = m.Err[:cut] + "..."
-		if cut == 0 {
+		if keep <= 0 {
 			m.Err = ""
+			continue
 		}
+		m.Err = truncate(msg, keep) + "..."
 	}
+}
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // DecodeMeta parses metadata from a peer. Unknown keys are ignored (a
@@ -96,9 +118,13 @@ func DecodeMeta(b []byte) (Meta, error) {
 type Member struct {
 	Name   string
 	Addr   string // gossip host:port
-	Alive  bool   // false while suspected
+	Alive  bool   // memberlist considers it alive (not dead or left)
 	Meta   Meta
 	MetaOK bool
+	// LastUpdate is when this node last received the member's metadata
+	// (local clock). Agents republish every loop, so an old LastUpdate
+	// means a silent member long before memberlist declares it dead.
+	LastUpdate time.Time
 }
 
 // Options configures the gossip layer.
@@ -117,6 +143,7 @@ type Gossip struct {
 	ml     *memberlist.Memberlist
 	logger *slog.Logger
 	meta   *metaDelegate
+	view   *eventDelegate
 	events chan struct{}
 	ctx    context.Context // ends background join loops
 	cancel context.CancelFunc
@@ -162,13 +189,13 @@ func New(o Options, initial Meta) (*Gossip, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gossip{logger: o.Logger, events: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
 	g.meta = &metaDelegate{}
-	if _, err := EncodeMeta(initial); err != nil {
+	if _, err := g.meta.set(initial); err != nil {
 		cancel()
 		return nil, err
 	}
-	g.meta.set(initial)
 	c.Delegate = g.meta
-	c.Events = &eventDelegate{ch: g.events}
+	g.view = &eventDelegate{ch: g.events, nodes: map[string]nodeCopy{}}
+	c.Events = g.view
 	ml, err := memberlist.Create(c)
 	if err != nil {
 		cancel()
@@ -240,7 +267,11 @@ func (g *Gossip) RetryJoin(addrs []string) {
 
 // SetMeta publishes a new status. Peers see it within a few gossip rounds.
 func (g *Gossip) SetMeta(m Meta) error {
-	if !g.meta.set(m) {
+	changed, err := g.meta.set(m)
+	if err != nil {
+		return err
+	}
+	if !changed {
 		return nil
 	}
 	// UpdateNode broadcasts the new metadata; its timeout only bounds the
@@ -254,13 +285,16 @@ func (g *Gossip) SetMeta(m Meta) error {
 // LocalMeta returns the metadata this node publishes.
 func (g *Gossip) LocalMeta() Meta { return g.meta.get() }
 
-// Members returns the live (alive or suspect) members, sorted by name.
+// Members returns the members memberlist knows alive, sorted by name.
+// It serves copies taken by the event delegate under memberlist's lock:
+// the *memberlist.Node values memberlist hands out are rewritten in place
+// when a peer's metadata changes (hashicorp/memberlist#306).
 func (g *Gossip) Members() []Member {
-	nodes := g.ml.Members()
+	nodes := g.view.snapshot()
 	out := make([]Member, 0, len(nodes))
-	for _, n := range nodes {
-		m := Member{Name: n.Name, Addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), Alive: n.State == memberlist.StateAlive}
-		if meta, err := DecodeMeta(n.Meta); err == nil {
+	for name, n := range nodes {
+		m := Member{Name: name, Addr: net.JoinHostPort(n.addr.String(), strconv.Itoa(int(n.port))), Alive: true, LastUpdate: n.seen}
+		if meta, err := DecodeMeta(n.meta); err == nil {
 			m.Meta, m.MetaOK = meta, true
 		}
 		out = append(out, m)
@@ -295,20 +329,21 @@ type metaDelegate struct {
 	raw  []byte
 }
 
-// set stores m and reports whether the encoded form changed.
-func (d *metaDelegate) set(m Meta) bool {
+// set stores m and reports whether the encoded form changed. Metadata
+// that cannot be encoded is refused and the old value kept.
+func (d *metaDelegate) set(m Meta) (bool, error) {
 	b, err := EncodeMeta(m)
 	if err != nil {
-		return false
+		return false, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.meta = m
 	if string(b) == string(d.raw) {
-		return false
+		return false, nil
 	}
 	d.raw = b
-	return true
+	return true, nil
 }
 
 func (d *metaDelegate) get() Meta {
@@ -330,9 +365,22 @@ func (d *metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil 
 func (d *metaDelegate) LocalState(join bool) []byte                { return nil }
 func (d *metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
 
-// eventDelegate turns memberlist events into a coalesced wake-up. It must
-// not block: memberlist calls it with its own locks held.
-type eventDelegate struct{ ch chan struct{} }
+// eventDelegate keeps a copy of every live node and turns memberlist
+// events into a coalesced wake-up. It must not block: memberlist calls it
+// with its own locks held, which is also what makes reading the node's
+// fields safe here.
+type eventDelegate struct {
+	ch    chan struct{}
+	mu    sync.Mutex
+	nodes map[string]nodeCopy
+}
+
+type nodeCopy struct {
+	addr net.IP
+	port uint16
+	meta []byte
+	seen time.Time
+}
 
 func (e *eventDelegate) poke() {
 	select {
@@ -340,9 +388,33 @@ func (e *eventDelegate) poke() {
 	default:
 	}
 }
-func (e *eventDelegate) NotifyJoin(*memberlist.Node)   { e.poke() }
-func (e *eventDelegate) NotifyLeave(*memberlist.Node)  { e.poke() }
-func (e *eventDelegate) NotifyUpdate(*memberlist.Node) { e.poke() }
+
+func (e *eventDelegate) store(n *memberlist.Node) {
+	c := nodeCopy{addr: append(net.IP(nil), n.Addr...), port: n.Port, meta: append([]byte(nil), n.Meta...), seen: time.Now()}
+	e.mu.Lock()
+	e.nodes[n.Name] = c
+	e.mu.Unlock()
+	e.poke()
+}
+
+func (e *eventDelegate) snapshot() map[string]nodeCopy {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]nodeCopy, len(e.nodes))
+	for k, v := range e.nodes {
+		out[k] = v
+	}
+	return out
+}
+
+func (e *eventDelegate) NotifyJoin(n *memberlist.Node)   { e.store(n) }
+func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) { e.store(n) }
+func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	e.mu.Lock()
+	delete(e.nodes, n.Name)
+	e.mu.Unlock()
+	e.poke()
+}
 
 func splitHostPort(hp string) (string, int, error) {
 	h, p, err := net.SplitHostPort(hp)

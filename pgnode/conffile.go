@@ -20,7 +20,8 @@ type Role int
 const (
 	// RolePrimary: no standby.signal, no upstream.
 	RolePrimary Role = iota
-	// RoleReplica: standby.signal and primary_conninfo to an Upstream.
+	// RoleReplica: standby.signal, and primary_conninfo to the Upstream
+	// if there is one.
 	RoleReplica
 )
 
@@ -71,10 +72,17 @@ var postmasterParams = map[string]bool{
 
 // WriteConfig writes the managed postgresql.conf and pg_hba.conf (and, for
 // a replica, standby.signal; for a primary it removes it) and the pgpass
-// file. up is required for RoleReplica. changed reports whether any file
-// changed (so the caller knows whether to reload); restartNeeded whether a
-// change takes effect only at a restart.
-// Files are replaced atomically; unchanged files are not rewritten.
+// file. up is ignored for RolePrimary. For RoleReplica a nil up makes a
+// standby with no upstream (no primary_conninfo or primary_slot_name)
+// that replays only its own WAL: the agent starts a former replica that
+// way before promoting it, because a data directory started without
+// standby.signal finishes recovery on the timeline it has, whereas a
+// promotion out of standby mode always switches to a new one, which is
+// what lets pg_rewind and the other members tell the histories apart.
+// changed reports whether any file changed (so the caller knows whether
+// to reload); restartNeeded whether a change takes effect only at a
+// restart. Files are replaced atomically; unchanged files are not
+// rewritten.
 func (n *Node) WriteConfig(role Role, up *Upstream) (changed, restartNeeded bool, err error) {
 	n.dataMu.Lock()
 	defer n.dataMu.Unlock()
@@ -82,10 +90,13 @@ func (n *Node) WriteConfig(role Role, up *Upstream) (changed, restartNeeded bool
 }
 
 func (n *Node) writeConfig(role Role, up *Upstream) (changed, restartNeeded bool, err error) {
-	if role == RoleReplica && (up == nil || up.Host == "" || up.Port <= 0) {
-		return false, false, errors.New("write config: a replica needs an upstream host and port")
+	if role != RoleReplica {
+		up = nil
 	}
-	if role == RoleReplica && up.Slot != "" && !validSlotName(up.Slot) {
+	if up != nil && (up.Host == "" || up.Port <= 0) {
+		return false, false, errors.New("write config: an upstream needs a host and port")
+	}
+	if up != nil && up.Slot != "" && !validSlotName(up.Slot) {
 		return false, false, fmt.Errorf("write config: invalid slot name %q", up.Slot)
 	}
 	if st, err := n.DataState(); err != nil {
@@ -209,7 +220,7 @@ func (n *Node) parameters(role Role, up *Upstream) map[string]string {
 	for k, v := range n.cfg.Parameters {
 		p[k] = v // protected keys were rejected by Validate
 	}
-	if role == RoleReplica {
+	if role == RoleReplica && up != nil {
 		p["primary_conninfo"] = n.primaryConninfo(*up)
 		if up.Slot != "" {
 			p["primary_slot_name"] = up.Slot
@@ -347,7 +358,10 @@ func unquoteConf(v string) (string, bool) {
 // renderHBA writes the managed pg_hba.conf. No Unix sockets are used, so
 // every managed line is TCP with SCRAM. "samehost" (any address of this
 // machine) lets the agent's management connection and a replica on the
-// same host (the loopback demo) in without opening anything wider.
+// same host (the loopback demo) in without opening anything wider. The
+// per-network "all all" line admits the superuser too: pg_rewind on
+// another member logs in as it (a plain connection, not replication) to
+// read this server's files, so it must not be narrowed to non-superusers.
 func (n *Node) renderHBA() []byte {
 	var b bytes.Buffer
 	b.WriteString(managedHeader)

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -75,29 +76,125 @@ func (n *Node) DataState() (DataState, error) {
 	return DataValid, nil
 }
 
-var sysidRe = regexp.MustCompile(`(?m)^Database system identifier:\s+(\d+)\s*$`)
+// ControlData is what pg_controldata says about a (stopped or running)
+// data directory.
+type ControlData struct {
+	SystemID uint64
+	// ClusterState is verbatim: "in production", "shut down", "shut down
+	// in recovery", "in archive recovery", "in crash recovery", ...
+	ClusterState string
+	// Timeline is "Latest checkpoint's TimeLineID": it lags a promotion
+	// until the next checkpoint.
+	Timeline uint32
+	// CheckpointLSN is "Latest checkpoint location".
+	CheckpointLSN uint64
+	// MinRecoveryEnd is "Minimum recovery ending location" (0 for 0/0):
+	// how far WAL must be replayed before the directory is consistent.
+	MinRecoveryEnd uint64
+}
 
-// SystemID returns the cluster's system identifier from pg_controldata,
-// which reads global/pg_control and so works while PostgreSQL is stopped.
-func (n *Node) SystemID(ctx context.Context) (uint64, error) {
-	if st, err := n.DataState(); err != nil {
-		return 0, err
-	} else if st != DataValid {
-		return 0, fmt.Errorf("system id: %w (%s is %s)", ErrNoData, n.cfg.DataDir, st)
+// WasPrimary reports whether the data directory was last run as a
+// primary, so that it may have diverged from a new primary and must be
+// rewound before it follows one. That is cluster state "in production"
+// or "shut down" (a standby's clean shutdown says "shut down in
+// recovery"), and also the two states a primary leaves behind when it
+// dies at the wrong moment: "shutting down" (during its shutdown
+// checkpoint) and "in crash recovery" (entered when pg_control holds no
+// minimum recovery point, as a primary's does not). A directory pg_rewind has finished
+// says "in archive recovery" and so no longer counts; so does a former
+// primary once it has been started with standby.signal, which is why
+// the agent must ask before the first start as a replica.
+func (c ControlData) WasPrimary() bool {
+	switch c.ClusterState {
+	case "in production", "shut down", "shutting down", "in crash recovery":
+		return true
 	}
+	return false
+}
+
+// ControlData runs pg_controldata, which reads global/pg_control and so
+// works whether PostgreSQL is running or not.
+func (n *Node) ControlData(ctx context.Context) (ControlData, error) {
+	if st, err := n.DataState(); err != nil {
+		return ControlData{}, fmt.Errorf("control data: %w", err)
+	} else if st != DataValid {
+		return ControlData{}, fmt.Errorf("control data: %w (%s is %s)", ErrNoData, n.cfg.DataDir, st)
+	}
+	// childEnv sets LC_ALL=C: the labels we match are translated otherwise.
 	out, err := n.run(ctx, "pg_controldata", "-D", n.cfg.DataDir)
 	if err != nil {
-		return 0, fmt.Errorf("pg_controldata: %w", err)
+		return ControlData{}, fmt.Errorf("pg_controldata: %w", err)
 	}
-	m := sysidRe.FindSubmatch(out)
-	if m == nil {
-		return 0, errors.New("pg_controldata: no database system identifier in output")
-	}
-	id, err := strconv.ParseUint(string(m[1]), 10, 64)
+	cd, err := parseControlData(out)
 	if err != nil {
-		return 0, fmt.Errorf("pg_controldata: system identifier: %w", err)
+		return ControlData{}, fmt.Errorf("pg_controldata: %w", err)
 	}
-	return id, nil
+	return cd, nil
+}
+
+// parseControlData reads the "label: value" lines of pg_controldata's
+// output (C locale). Every field of ControlData is required: output
+// missing one is not something to make decisions on.
+func parseControlData(out []byte) (ControlData, error) {
+	fields := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		// The first colon ends the label; values may hold more ("0:735",
+		// times of day).
+		k, v, ok := strings.Cut(line, ":")
+		if ok {
+			fields[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	var cd ControlData
+	var errs []error
+	get := func(label string) string {
+		v, ok := fields[label]
+		if !ok || v == "" {
+			errs = append(errs, fmt.Errorf("no %q in output", label))
+		}
+		return v
+	}
+	lsn := func(label string) uint64 {
+		v := get(label)
+		if v == "" {
+			return 0
+		}
+		l, err := ParseLSN(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", label, err))
+		}
+		return l
+	}
+	if v := get("Database system identifier"); v != "" {
+		id, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("system identifier: %w", err))
+		}
+		cd.SystemID = id
+	}
+	cd.ClusterState = get("Database cluster state")
+	if v := get("Latest checkpoint's TimeLineID"); v != "" {
+		tli, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("checkpoint timeline: %w", err))
+		}
+		cd.Timeline = uint32(tli)
+	}
+	cd.CheckpointLSN = lsn("Latest checkpoint location")
+	cd.MinRecoveryEnd = lsn("Minimum recovery ending location")
+	if err := errors.Join(errs...); err != nil {
+		return ControlData{}, err
+	}
+	return cd, nil
+}
+
+// SystemID returns the cluster's system identifier (see ControlData).
+func (n *Node) SystemID(ctx context.Context) (uint64, error) {
+	cd, err := n.ControlData(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("system id: %w", err)
+	}
+	return cd.SystemID, nil
 }
 
 // prepareEmpty refuses anything but an empty data dir, then makes sure it
@@ -306,7 +403,7 @@ func (n *Node) Clone(ctx context.Context, src Upstream, progress func(pct int, d
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("pg_basebackup: %w", err)
 	}
-	tail := n.readBasebackupStderr(stderr, progress)
+	tail := n.readToolOutput("pg_basebackup", stderr, slog.LevelDebug, progress)
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("pg_basebackup: %w: %s", err, strings.Join(tail, "\n"))
 	}
@@ -353,9 +450,11 @@ func splitCRLF(data []byte, atEOF bool) (advance int, token []byte, err error) {
 	return 0, nil, nil
 }
 
-// readBasebackupStderr reports progress (throttled to about once a second
-// and always at 100%) and returns the last non-progress lines for errors.
-func (n *Node) readBasebackupStderr(r io.Reader, progress func(int, string)) []string {
+// readToolOutput reads the output of pg_basebackup -P or pg_rewind -P
+// (both print "done/total kB (N%)"). It reports progress (throttled to
+// about once a second, never at 100%: callers report completion), logs
+// the other lines at level and returns the last of them for errors.
+func (n *Node) readToolOutput(tool string, r io.Reader, level slog.Level, progress func(int, string)) []string {
 	const keep = 15
 	var tail []string
 	var last time.Time
@@ -374,7 +473,7 @@ func (n *Node) readBasebackupStderr(r io.Reader, progress func(int, string)) []s
 			}
 			continue
 		}
-		n.log.Debug("pg_basebackup", "line", line)
+		n.log.Log(context.Background(), level, tool, "line", line)
 		tail = append(tail, line)
 		if len(tail) > keep {
 			tail = tail[1:]

@@ -2,7 +2,8 @@ package pgnode
 
 // Internal helpers exposed to the external test package.
 var (
-	ParseProgress = parseProgress
-	QuoteConf     = quoteConf
-	UnquoteConf   = unquoteConf
+	ParseProgress    = parseProgress
+	QuoteConf        = quoteConf
+	UnquoteConf      = unquoteConf
+	ParseControlData = parseControlData
 )

@@ -35,6 +35,10 @@ var (
 	ErrNotRunning = errors.New("postgres is not running")
 	// ErrNotPrimary: the operation is only valid on a primary.
 	ErrNotPrimary = errors.New("postgres is not a primary")
+	// ErrNotStandby: the operation is only valid on a server in recovery.
+	ErrNotStandby = errors.New("postgres is not a standby")
+	// ErrRunning: the operation needs PostgreSQL stopped.
+	ErrRunning = errors.New("postgres is running")
 	// ErrClosed: the Node was closed.
 	ErrClosed = errors.New("pgnode closed")
 )

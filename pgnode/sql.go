@@ -51,11 +51,17 @@ func (n *Node) connectHost() string {
 // statement_timeout. Bound it with the context: pgx's connect_timeout has
 // whole-second resolution, so sub-second checks need a deadline.
 func (n *Node) Connect(ctx context.Context) (*pgx.Conn, error) {
+	return n.connectTo(ctx, n.connectHost(), n.cfg.Port)
+}
+
+// connectTo opens a management connection to any member's PostgreSQL
+// (they share the superuser credentials), e.g. a rewind source.
+func (n *Node) connectTo(ctx context.Context, host string, port int) (*pgx.Conn, error) {
 	// Everything is spelled out so that no PG* environment variable or
 	// ~/.pgpass of the agent's user changes what we connect to.
 	cs := conninfo(map[string]string{
-		"host":             n.connectHost(),
-		"port":             strconv.Itoa(n.cfg.Port),
+		"host":             host,
+		"port":             strconv.Itoa(port),
 		"user":             n.cfg.Superuser,
 		"password":         n.cfg.SuperuserPassword,
 		"dbname":           "postgres",

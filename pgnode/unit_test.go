@@ -178,3 +178,115 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("user parameters rejected: %v", err)
 	}
 }
+
+// controlDataRewound is pg_controldata's output (PostgreSQL 15, C locale)
+// for a directory pg_rewind has just finished.
+const controlDataRewound = `pg_control version number:            1300
+Catalog version number:               202209061
+Database system identifier:           7712779589959918226
+Database cluster state:               in archive recovery
+pg_control last modified:             Fri Nov 27 09:24:00 2026
+Latest checkpoint location:           0/3022610
+Latest checkpoint's REDO location:    0/30225D8
+Latest checkpoint's REDO WAL file:    000000020000000000000003
+Latest checkpoint's TimeLineID:       2
+Latest checkpoint's PrevTimeLineID:   2
+Latest checkpoint's full_page_writes: on
+Latest checkpoint's NextXID:          0:727
+Latest checkpoint's NextOID:          24576
+Latest checkpoint's NextMultiXactId:  1
+Latest checkpoint's NextMultiOffset:  0
+Latest checkpoint's oldestXID:        717
+Latest checkpoint's oldestXID's DB:   1
+Latest checkpoint's oldestActiveXID:  727
+Latest checkpoint's oldestMultiXid:   1
+Latest checkpoint's oldestMulti's DB: 1
+Latest checkpoint's oldestCommitTsXid:0
+Latest checkpoint's newestCommitTsXid:0
+Time of latest checkpoint:            Fri Nov 27 09:23:59 2026
+Fake LSN counter for unlogged rels:   0/3E8
+Minimum recovery ending location:     0/3022748
+Min recovery ending loc's timeline:   2
+Backup start location:                0/0
+Backup end location:                  0/0
+End-of-backup record required:        no
+wal_level setting:                    replica
+wal_log_hints setting:                on
+max_connections setting:              20
+max_worker_processes setting:         8
+max_wal_senders setting:              10
+max_prepared_xacts setting:           0
+max_locks_per_xact setting:           64
+track_commit_timestamp setting:       off
+Maximum data alignment:               8
+Database block size:                  8192
+Blocks per segment of large relation: 131072
+WAL block size:                       8192
+Bytes per WAL segment:                16777216
+Maximum length of identifiers:        64
+Maximum columns in an index:          32
+Maximum size of a TOAST chunk:        1996
+Size of a large-object chunk:         2048
+Date/time type storage:               64-bit integers
+Float8 argument passing:              by value
+Data page checksum version:           1
+Mock authentication nonce:            7a33e401fd1fdbe6d99e5a9898889efeeaa6e3daa62a4516d49683277471cbc9
+`
+
+func TestParseControlData(t *testing.T) {
+	cd, err := pgnode.ParseControlData([]byte(controlDataRewound))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pgnode.ControlData{
+		SystemID:       7712779589959918226,
+		ClusterState:   "in archive recovery",
+		Timeline:       2,
+		CheckpointLSN:  0x3022610,
+		MinRecoveryEnd: 0x3022748,
+	}
+	if cd != want {
+		t.Errorf("ParseControlData = %+v, want %+v", cd, want)
+	}
+	if cd.WasPrimary() {
+		t.Error("a rewound directory counts as WasPrimary")
+	}
+
+	// A clean primary: the other states and a 0/0 minimum recovery end.
+	primary := strings.NewReplacer(
+		"in archive recovery", "shut down",
+		"Minimum recovery ending location:     0/3022748", "Minimum recovery ending location:     0/0",
+	).Replace(controlDataRewound)
+	if cd, err := pgnode.ParseControlData([]byte(primary)); err != nil || cd.MinRecoveryEnd != 0 || !cd.WasPrimary() {
+		t.Errorf("clean primary: %+v, %v; want MinRecoveryEnd 0 and WasPrimary", cd, err)
+	}
+
+	for _, tt := range []struct{ name, from, to, want string }{
+		{"no state", "Database cluster state:", "Database cluster mood:", "Database cluster state"},
+		{"bad lsn", "0/3022610", "0/30226G0", "Latest checkpoint location"},
+		{"bad timeline", "Latest checkpoint's TimeLineID:       2", "Latest checkpoint's TimeLineID:       x", "timeline"},
+		{"bad system id", "7712779589959918226", "-1", "system identifier"},
+	} {
+		_, err := pgnode.ParseControlData([]byte(strings.Replace(controlDataRewound, tt.from, tt.to, 1)))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: ParseControlData = %v, want an error naming %s", tt.name, err, tt.want)
+		}
+	}
+}
+
+func TestWasPrimary(t *testing.T) {
+	for state, want := range map[string]bool{
+		"in production":         true,
+		"shut down":             true,
+		"in crash recovery":     true,
+		"shut down in recovery": false,
+		"in archive recovery":   false,
+		"starting up":           false,
+		"shutting down":         true,
+		"":                      false,
+	} {
+		if got := (pgnode.ControlData{ClusterState: state}).WasPrimary(); got != want {
+			t.Errorf("WasPrimary(%q) = %v, want %v", state, got, want)
+		}
+	}
+}

@@ -69,6 +69,12 @@ func ApplyCommand(s *State, data []byte) error {
 		}
 		s.Config = c.Config
 		return nil
+	case CmdPromoted:
+		var c Promoted
+		if err := decodePayload(env, &c); err != nil {
+			return err
+		}
+		return applyPromoted(s, c)
 	case CmdSetPaused:
 		var c SetPaused
 		if err := decodePayload(env, &c); err != nil {
@@ -172,11 +178,30 @@ func applySetPrimary(s *State, c SetPrimary) error {
 	s.Primary = &PrimaryRecord{Member: c.Member, Epoch: c.ExpectEpoch + 1, Timeline: c.Timeline, Since: c.At}
 	s.History = append(s.History, HistoryEntry{
 		Epoch: s.Primary.Epoch, At: c.At, Old: old, New: c.Member,
-		Timeline: c.Timeline, LSN: c.LSN, Reason: c.Reason,
+		Timeline: c.Timeline, LSN: c.LSN, Reason: c.Reason, LastSeen: c.LastSeen,
 	})
 	const maxHistory = 200 // bounded: the FSM stays small
 	if len(s.History) > maxHistory {
 		s.History = append([]HistoryEntry(nil), s.History[len(s.History)-maxHistory:]...)
+	}
+	return nil
+}
+
+func applyPromoted(s *State, c Promoted) error {
+	if s.Primary == nil || s.Primary.Member != c.Member || s.Primary.Epoch != c.Epoch {
+		return fmt.Errorf("%w: promoted from %s epoch %d: not the current primary", ErrRejected, c.Member, c.Epoch)
+	}
+	if c.Timeline > s.Primary.Timeline {
+		s.Primary.Timeline = c.Timeline
+	}
+	for i := len(s.History) - 1; i >= 0; i-- {
+		if s.History[i].Epoch == c.Epoch {
+			s.History[i].PromotedAt = c.At
+			if c.Timeline != 0 {
+				s.History[i].Timeline = c.Timeline
+			}
+			break
+		}
 	}
 	return nil
 }

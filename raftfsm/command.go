@@ -21,6 +21,7 @@ const (
 	CmdSetPrimaryLSN CommandType = "set_primary_lsn"
 	CmdSetConfig     CommandType = "set_config"
 	CmdSetPaused     CommandType = "set_paused"
+	CmdPromoted      CommandType = "promoted"
 	CmdNoop          CommandType = "noop"
 )
 
@@ -73,6 +74,17 @@ type SetPrimary struct {
 	LSN         uint64    `json:"lsn,string"`
 	Reason      string    `json:"reason"`
 	At          time.Time `json:"at"`
+	// LastSeen: see HistoryEntry.LastSeen.
+	LastSeen time.Time `json:"last_seen,omitempty"`
+}
+
+// Promoted records that the holder of the current epoch finished its
+// promotion: the timeline it reached and when it took writes.
+type Promoted struct {
+	Member   string    `json:"member"`
+	Epoch    uint64    `json:"epoch"`
+	Timeline uint32    `json:"timeline"`
+	At       time.Time `json:"at"`
 }
 
 // SetPrimaryLSN records the primary's WAL position. Only the holder of the
@@ -117,6 +129,8 @@ func Encode(payload any) ([]byte, error) {
 		t = CmdSetConfig
 	case SetPaused:
 		t = CmdSetPaused
+	case Promoted:
+		t = CmdPromoted
 	case nil:
 		t = CmdNoop
 	default:

@@ -91,6 +91,12 @@ type HistoryEntry struct {
 	Timeline uint32    `json:"timeline,omitempty"`
 	LSN      uint64    `json:"lsn,string,omitempty"`
 	Reason   string    `json:"reason"`
+	// LastSeen is when the agents last saw the old primary take writes
+	// (failover: last Raft contact with it; switchover: its clean stop).
+	LastSeen time.Time `json:"last_seen,omitempty"`
+	// PromotedAt is when the new primary accepted writes; PromotedAt -
+	// LastSeen is the write downtime as the agents saw it.
+	PromotedAt time.Time `json:"promoted_at,omitempty"`
 }
 
 // MemberNames returns the member names, sorted.

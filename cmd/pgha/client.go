@@ -67,4 +67,3 @@ func noArgs(c *cli.Context) error {
 	}
 	return nil
 }
-

@@ -28,7 +28,7 @@ func usagef(format string, args ...any) error {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "pgha",
 		Usage:                "PostgreSQL high availability in one binary: embedded Raft, gossip, supervisor and proxy",
 		Version:              version,
@@ -40,12 +40,24 @@ func newApp() *cli.App {
 			joinCommand(),
 			leaveCommand(),
 			removeCommand(),
+			switchoverCommand(),
+			failoverCommand(),
+			pauseCommand(true),
+			pauseCommand(false),
+			historyCommand(),
 			demoCommand(),
 		},
-		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
-			return usageError{err.Error()}
-		},
+		OnUsageError: onUsageError,
 	}
+	// urfave/cli uses each command's own handler for its flags.
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = onUsageError
+	}
+	return app
+}
+
+func onUsageError(c *cli.Context, err error, isSubcommand bool) error {
+	return usageError{err.Error()}
 }
 
 // version is set with -ldflags "-X main.version=...".

@@ -1,0 +1,241 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"syscall"
+	"time"
+
+	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/pgnode"
+	"github.com/pgha/pgha/raftfsm"
+)
+
+// Fencing and promotion timing. The numbers fit together like this:
+//
+//   - The primary's agent confirms its Raft leadership with a quorum
+//     (VerifyLeader) every fenceTick. When no confirmation succeeded for
+//     fenceBudget, or Raft says it lost leadership, it stops PostgreSQL
+//     with SIGQUIT (immediate shutdown, tens of milliseconds).
+//   - A new leader is elected no sooner than heartbeat_timeout after a
+//     quorum last heard the old one, so the old primary's last successful
+//     confirmation V is at most the election time E minus
+//     heartbeat_timeout. The old primary is fenced by V + fenceBudget +
+//     fenceTick + stop time.
+//   - The new leader therefore waits until E + fenceBudget + fenceTick +
+//     fenceMargin - heartbeat_timeout before it promotes, unless it knows
+//     the old primary's agent is gone (connection refused: its
+//     PostgreSQL died with it through the parent-death signal).
+const (
+	fenceTick   = 100 * time.Millisecond
+	fenceBudget = 1500 * time.Millisecond
+	fenceMargin = 300 * time.Millisecond
+	// askTimeout bounds the leader's question to the old primary's agent.
+	askTimeout = 300 * time.Millisecond
+)
+
+// promoteNotBefore is the earliest time this leader may promote a new
+// primary (see above). Zero when not leader.
+func (a *Agent) promoteNotBefore() time.Time {
+	since, _ := a.leaderSince.Load().(time.Time)
+	if since.IsZero() {
+		return time.Time{}
+	}
+	wait := fenceBudget + fenceTick + fenceMargin - a.cfg.Raft.HeartbeatTimeout.Duration
+	if wait < 0 {
+		wait = 0
+	}
+	return since.Add(wait)
+}
+
+// askPrimary asks the recorded primary's agent, through its REST API,
+// whether it is alive. Refused means its process is gone.
+func (a *Agent) askPrimary(ctx context.Context, st raftfsm.State) OldPrimary {
+	m, ok := st.Members[st.Primary.Member]
+	if !ok || m.APIAddr == "" {
+		return OldPrimarySilent
+	}
+	ctx, cancel := context.WithTimeout(ctx, askTimeout)
+	defer cancel()
+	_, _, err := api.NewClient(m.APIAddr).Health(ctx)
+	switch {
+	case err == nil:
+		return OldPrimaryAlive
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return OldPrimaryDown
+	default:
+		return OldPrimarySilent
+	}
+}
+
+// fence stops PostgreSQL at once (immediate shutdown): it must not take
+// another write.
+func (a *Agent) fence(reason string) error {
+	if !a.pg.Running() {
+		return nil
+	}
+	a.log.Error("fencing: stopping PostgreSQL immediately", "reason", reason)
+	a.primaryUp.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return a.pg.Stop(ctx, pgnode.StopImmediate)
+}
+
+// fenceLoop is the primary's dead-man switch, independent of the HA loop
+// (which may be busy cloning or waiting): while PostgreSQL runs as
+// primary, leadership must be confirmed by a quorum at least every
+// fenceBudget, or PostgreSQL is stopped. Staleness is checked before
+// anything else, so a process resumed after a freeze (SIGSTOP, a VM
+// pause) fences on its first tick.
+func (a *Agent) fenceLoop(ctx context.Context) {
+	t := time.NewTicker(fenceTick)
+	defer t.Stop()
+	lastOK := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.lostLeadership:
+		case <-t.C:
+		}
+		now := time.Now()
+		if !a.primaryUp.Load() {
+			lastOK = now
+			continue
+		}
+		if now.Sub(lastOK) > fenceBudget {
+			_ = a.fence(fmt.Sprintf("Raft leadership not confirmed for %s", now.Sub(lastOK).Round(time.Millisecond)))
+			a.poke()
+			continue
+		}
+		if !a.raft.IsLeader() {
+			_ = a.fence("lost Raft leadership")
+			a.poke()
+			continue
+		}
+		if err := a.raft.VerifyLeader(fenceBudget / 2); err == nil {
+			lastOK = time.Now()
+		}
+	}
+}
+
+// promote turns the local standby into the primary. The primary record
+// for this node is already committed and this node leads (safety rule 1).
+// lastSeen, when known, is when the old primary last took writes.
+func (a *Agent) promote(ctx context.Context, in Input, lastSeen time.Time) error {
+	if !a.pg.Running() {
+		// Start in recovery first: promotion then always moves to a new
+		// timeline, so the old primary's history can never be mistaken for
+		// ours.
+		if _, _, err := a.pg.WriteConfig(pgnode.RoleReplica, nil); err != nil {
+			return fmt.Errorf("write standby config: %w", err)
+		}
+		sctx, cancel := context.WithTimeout(ctx, a.cfg.PostgreSQL.StartTimeout.Duration)
+		err := a.pg.Start(sctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("start standby before promotion: %w", err)
+		}
+	}
+	if !a.isLeader() {
+		return errors.New("lost leadership before promotion")
+	}
+	a.log.Info("promoting PostgreSQL", "epoch", in.State.Primary.Epoch)
+	pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	// Mark the primary as up before the promotion returns: the fence
+	// watchdog must cover the moment PostgreSQL starts taking writes.
+	a.primaryUp.Store(true)
+	tl, err := a.pg.Promote(pctx)
+	if err != nil {
+		return fmt.Errorf("promote: %w", err)
+	}
+	now := time.Now().UTC()
+	a.log.Info("promoted: this node is the primary", "timeline", tl, "epoch", in.State.Primary.Epoch)
+	if _, _, err := a.pg.WriteConfig(pgnode.RolePrimary, nil); err != nil {
+		a.log.Warn("write primary config after promotion", "err", err)
+	}
+	a.lastSlots = time.Time{}
+	if err := a.raft.Apply(raftfsm.Promoted{Member: a.cfg.Name, Epoch: in.State.Primary.Epoch, Timeline: tl, At: now}, applyTimeout); err != nil {
+		a.log.Warn("record promotion", "err", err)
+	}
+	return nil
+}
+
+// failover commits this node as the new primary (compare-and-swap on the
+// epoch), then promotes it: commit, then promote.
+func (a *Agent) failover(ctx context.Context, in Input, reason string) error {
+	st := in.State
+	lastSeen, _ := a.leaderSince.Load().(time.Time)
+	if c := a.lastLeaderContact.Load(); c != nil {
+		if t, ok := c.(time.Time); ok && !t.IsZero() {
+			lastSeen = t
+		}
+	}
+	a.log.Warn("failing over to this node", "old_primary", st.Primary.Member, "reason", reason)
+	err := a.raft.Apply(raftfsm.SetPrimary{
+		Member: a.cfg.Name, ExpectEpoch: st.Primary.Epoch, Timeline: st.Primary.Timeline,
+		LSN: max(in.PG.Receive, in.PG.WAL), Reason: "failover", At: time.Now().UTC(), LastSeen: lastSeen.UTC(),
+	}, applyTimeout)
+	if err != nil {
+		return fmt.Errorf("commit new primary record: %w", err)
+	}
+	in.State = a.raft.FSM().State()
+	return a.promote(ctx, in, lastSeen)
+}
+
+// rewind makes a former primary follow the new one: pg_rewind, or, if that
+// fails while the new primary is reachable, a fresh clone with the old
+// data directory moved aside (kept, never deleted).
+func (a *Agent) rewind(ctx context.Context, act Action, in Input) error {
+	host, port, err := splitHostPort(act.Upstream)
+	if err != nil {
+		return err
+	}
+	up := pgnode.Upstream{Host: host, Port: port, Slot: pgnode.SlotName(a.cfg.Name)}
+	a.setStatus(func(s *NodeStatus) { s.State = "rewinding" })
+	a.log.Info("former primary: rewinding before following", "primary", act.Target)
+	start := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	err = a.pg.Rewind(rctx, up)
+	cancel()
+	if err == nil {
+		a.log.Info("rewind finished", "took", time.Since(start).Round(time.Millisecond))
+		return a.ensureRunning(ctx, pgnode.RoleReplica, &up)
+	}
+	a.log.Error("pg_rewind failed", "err", err)
+	if !a.upstreamReachable(ctx, host, port) {
+		return fmt.Errorf("rewind from %s: %w (primary unreachable; will retry)", act.Target, err)
+	}
+	moved, merr := a.pg.MoveAside()
+	if merr != nil {
+		return fmt.Errorf("rewind failed (%v) and moving the data directory aside failed: %w", err, merr)
+	}
+	a.log.Warn("rewind failed: old data directory kept, re-cloning", "kept_at", moved)
+	return a.clone(ctx, Action{Kind: ActClone, Target: act.Target, Upstream: act.Upstream}, in)
+}
+
+// upstreamReachable reports whether a TCP connection to host:port opens.
+func (a *Agent) upstreamReachable(ctx context.Context, host string, port int) bool {
+	d := net.Dialer{Timeout: 2 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, fmt.Sprint(port)))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// errStatus maps errors of leader-only operations to API errors.
+func errStatus(err error) error {
+	if errors.Is(err, raftfsm.ErrNotLeader) {
+		return api.ErrNotLeader
+	}
+	if errors.Is(err, raftfsm.ErrRejected) {
+		return api.Errorf(http.StatusConflict, "%v", err)
+	}
+	return err
+}

@@ -1,0 +1,304 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pgha/pgha/api"
+)
+
+// primaryNode returns the node the cluster records as primary.
+func (c *Cluster) primaryNode(t *testing.T) *Node {
+	t.Helper()
+	ci, err := c.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Node(ci.Primary)
+}
+
+// waitNewPrimary waits until a member other than old is the running
+// primary, and returns it.
+func (c *Cluster) waitNewPrimary(t *testing.T, old string, timeout time.Duration) *Node {
+	t.Helper()
+	var got string
+	waitFor(t, timeout, "a new primary other than "+old, func() error {
+		ci, err := c.Info()
+		if err != nil {
+			return err
+		}
+		for _, m := range ci.Members {
+			if m.Role == "leader" && m.State == "running" && m.Name != old {
+				got = m.Name
+				return nil
+			}
+		}
+		return fmt.Errorf("primary record %s", ci.Primary)
+	})
+	return c.Node(got)
+}
+
+// insert writes one row directly on nd's PostgreSQL.
+func insert(ctx context.Context, nd *Node, id int) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, nd.DSN())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, "INSERT INTO fo (id) VALUES ($1)", id)
+	return err
+}
+
+func countRows(t *testing.T, nd *Node) int {
+	t.Helper()
+	conn := connect(t, nd)
+	var n int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM fo").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestFailoverScenarios runs the failover issue's scenarios one after the
+// other on one 3-node cluster: planned switchover (and a refused one),
+// whole-node loss of the primary, a frozen primary, and maintenance mode.
+func TestFailoverScenarios(t *testing.T) {
+	c := newCluster(t, 3)
+	c.StartAll()
+	ci := c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
+	p := c.Node(ci.Primary)
+	conn := connect(t, p)
+	if _, err := conn.Exec(context.Background(), "CREATE TABLE fo (id int PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(context.Background())
+	nextID := 1
+	ctx := context.Background()
+
+	if !t.Run("switchover refused for a lagging candidate", func(t *testing.T) {
+		p := c.primaryNode(t)
+		var cand *Node
+		for _, nd := range c.Nodes {
+			if nd != p {
+				cand = nd
+				break
+			}
+		}
+		// Freeze the candidate's WAL receiver and write 2 MB: it lags
+		// beyond maximum_lag_on_failover (1 MB by default).
+		rc := connect(t, cand)
+		var pid int
+		if err := rc.QueryRow(ctx, "SELECT pid FROM pg_stat_wal_receiver").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		defer syscall.Kill(pid, syscall.SIGCONT)
+		pc := connect(t, p)
+		if _, err := pc.Exec(ctx, "CREATE TABLE filler AS SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 3000) g"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 20*time.Second, "the candidate's lag to show", func() error {
+			ci, err := c.Info()
+			if err != nil {
+				return err
+			}
+			for _, m := range ci.Members {
+				if m.Name == cand.Name && m.LagBytes != nil && *m.LagBytes > 1<<20 {
+					return nil
+				}
+			}
+			return fmt.Errorf("no lag yet")
+		})
+		_, stderr, code := cli(t, "switchover", "--api", fmt.Sprintf("127.0.0.1:%d", p.API), "--candidate", cand.Name)
+		if code == 0 || !strings.Contains(stderr, "behind") {
+			t.Fatalf("switchover to a lagging candidate: exit %d, stderr %q; want a refusal saying it is behind", code, stderr)
+		}
+		syscall.Kill(pid, syscall.SIGCONT)
+		c.WaitHealthy(time.Minute, "n1", "n2", "n3")
+	}) {
+		return
+	}
+
+	if !t.Run("switchover to a named candidate", func(t *testing.T) {
+		old := c.primaryNode(t)
+		var cand *Node
+		for _, nd := range c.Nodes {
+			if nd != old {
+				cand = nd
+			}
+		}
+		// A writer commits rows one by one through the switchover; every
+		// acknowledged row must be on the new primary.
+		var acked []int
+		var mu sync.Mutex
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 100000; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if insert(ctx, old, i) == nil {
+					mu.Lock()
+					acked = append(acked, i)
+					mu.Unlock()
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+		time.Sleep(300 * time.Millisecond)
+		out, stderr, code := cli(t, "switchover", "--api", fmt.Sprintf("127.0.0.1:%d", old.API), "--candidate", cand.Name)
+		close(stop)
+		wg.Wait()
+		if code != 0 {
+			t.Fatalf("pgha switchover: exit %d: %s %s", code, out, stderr)
+		}
+		t.Logf("pgha switchover: %s", strings.TrimSpace(out))
+		newP := c.waitNewPrimary(t, old.Name, 30*time.Second)
+		if newP != cand {
+			t.Fatalf("new primary is %s, want %s", newP.Name, cand.Name)
+		}
+		c.WaitHealthy(time.Minute, "n1", "n2", "n3")
+		nc := connect(t, newP)
+		mu.Lock()
+		defer mu.Unlock()
+		if len(acked) == 0 {
+			t.Fatal("the writer got no acknowledgement at all")
+		}
+		var missing int
+		if err := nc.QueryRow(ctx, "SELECT count(*) FROM unnest($1::int[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM fo WHERE fo.id = a.id)", acked).Scan(&missing); err != nil {
+			t.Fatal(err)
+		}
+		if missing != 0 {
+			t.Fatalf("%d of %d acknowledged rows missing on the new primary", missing, len(acked))
+		}
+		out, _, _ = cli(t, "history", "--api", fmt.Sprintf("127.0.0.1:%d", cand.API))
+		if !strings.Contains(out, "switchover") {
+			t.Errorf("history lacks the switchover:\n%s", out)
+		}
+		t.Logf("pgha history:\n%s", out)
+	}) {
+		return
+	}
+
+	if !t.Run("whole-node loss of the primary", func(t *testing.T) {
+		old := c.primaryNode(t)
+		if err := insert(ctx, old, nextID); err != nil {
+			t.Fatal(err)
+		}
+		nextID++
+		pm := postmasterPID(old)
+		start := time.Now()
+		c.Kill(old)
+		if pm > 0 {
+			_ = syscall.Kill(pm, syscall.SIGKILL)
+		}
+		newP := c.waitNewPrimary(t, old.Name, 60*time.Second)
+		waitFor(t, 30*time.Second, "a write on the new primary", func() error { return insert(ctx, newP, nextID) })
+		nextID++
+		t.Logf("whole-node kill: first write on %s after %.2fs", newP.Name, time.Since(start).Seconds())
+		c.Start(old)
+		ci := c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
+		for _, m := range ci.Members {
+			if m.Name == old.Name && m.Timeline < 2 {
+				t.Errorf("rejoined node on timeline %d", m.Timeline)
+			}
+		}
+		if n := countRows(t, old); n < nextID-1 {
+			t.Errorf("rejoined node has %d rows, want >= %d", n, nextID-1)
+		}
+	}) {
+		return
+	}
+
+	if !t.Run("frozen primary is fenced", func(t *testing.T) {
+		old := c.primaryNode(t)
+		pm := postmasterPID(old)
+		agentPID := old.cmd.Process.Pid
+		syscall.Kill(agentPID, syscall.SIGSTOP)
+		syscall.Kill(pm, syscall.SIGSTOP)
+		resumed := false
+		resume := func() {
+			if !resumed {
+				syscall.Kill(pm, syscall.SIGCONT)
+				syscall.Kill(agentPID, syscall.SIGCONT)
+				resumed = true
+			}
+		}
+		defer resume()
+		newP := c.waitNewPrimary(t, old.Name, 60*time.Second)
+		waitFor(t, 30*time.Second, "a write on the new primary", func() error { return insert(ctx, newP, nextID) })
+		nextID++
+		resume()
+		// Right after the freeze ends, a direct write to the old primary
+		// must fail: its agent fences it on its first tick.
+		var accepted atomic.Int32
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			if insert(ctx, old, 900000+int(accepted.Load())) == nil {
+				accepted.Add(1)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n := accepted.Load(); n > 0 {
+			t.Errorf("the old primary accepted %d direct writes after it was resumed", n)
+		}
+		c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
+	}) {
+		return
+	}
+
+	t.Run("pause: no failover when the primary's postgres dies", func(t *testing.T) {
+		p := c.primaryNode(t)
+		apiAddr := fmt.Sprintf("127.0.0.1:%d", p.API)
+		if _, stderr, code := cli(t, "pause", "--api", apiAddr); code != 0 {
+			t.Fatalf("pgha pause: %d %s", code, stderr)
+		}
+		out, _, _ := cli(t, "list", "--api", apiAddr)
+		if !strings.Contains(out, "Maintenance mode") {
+			t.Errorf("pgha list does not say the cluster is paused:\n%s", out)
+		}
+		pm := postmasterPID(p)
+		if err := syscall.Kill(pm, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		// Give the cluster time it would need for a failover, then check
+		// nothing happened.
+		time.Sleep(6 * time.Second)
+		ci, err := c.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ci.Primary != p.Name {
+			t.Fatalf("failover happened in maintenance mode: primary is %s", ci.Primary)
+		}
+		for _, m := range ci.Members {
+			if m.Name == p.Name && m.State == "running" {
+				t.Fatalf("postgres was restarted in maintenance mode")
+			}
+		}
+		if _, stderr, code := cli(t, "resume", "--api", apiAddr); code != 0 {
+			t.Fatalf("pgha resume: %d %s", code, stderr)
+		}
+		ci = c.WaitHealthy(time.Minute, "n1", "n2", "n3")
+		if ci.Primary != p.Name {
+			t.Errorf("after resume the primary is %s, want %s restarted", ci.Primary, p.Name)
+		}
+		_ = api.ClusterInfo{}
+	})
+}
