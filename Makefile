@@ -10,7 +10,7 @@ STATICCHECK_VERSION := v0.8.2
 # Packages whose tests are pure logic or in-process concurrency: run with -race.
 UNIT_PKGS := ./raftfsm/... ./membership/... ./agent/... ./api/... ./config/... ./proxy/... ./cmd/...
 
-.PHONY: all build test unit integration demo bench lint fuzz deps clean
+.PHONY: all build test unit integration demo bench bench-failover bench-bootstrap lint fuzz deps clean
 
 all: build
 
@@ -36,8 +36,14 @@ integration: build
 demo: deps build
 	./$(BIN) demo
 
-bench: deps build
+bench: bench-bootstrap bench-failover
+
+bench-bootstrap: deps build
 	scripts/bench-bootstrap.sh
+
+# RUNS=N sets the number of runs per scenario (default 5).
+bench-failover: deps build
+	PGHA_BIN=$(CURDIR)/$(BIN) $(GO) test -tags bench -count=1 -timeout 60m -v -run TestBenchFailover ./integration/
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)

@@ -465,9 +465,15 @@ func (a *Agent) perform(ctx context.Context, act Action, in Input) error {
 		return a.clone(ctx, act, in)
 
 	case ActRunPrimary:
+		if in.PG.Running && !a.pg.Running() {
+			return nil // it stopped since we looked: decide again next round
+		}
 		return a.ensureRunning(ctx, pgnode.RolePrimary, nil)
 
 	case ActRunReplica:
+		if in.PG.Running && !a.pg.Running() {
+			return nil // it stopped since we looked: decide again next round
+		}
 		host, port, err := splitHostPort(act.Upstream)
 		if err != nil {
 			return err

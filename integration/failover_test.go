@@ -263,7 +263,7 @@ func TestFailoverScenarios(t *testing.T) {
 		return
 	}
 
-	t.Run("pause: no failover when the primary's postgres dies", func(t *testing.T) {
+	if !t.Run("pause: no failover when the primary's postgres dies", func(t *testing.T) {
 		p := c.primaryNode(t)
 		apiAddr := fmt.Sprintf("127.0.0.1:%d", p.API)
 		if _, stderr, code := cli(t, "pause", "--api", apiAddr); code != 0 {
@@ -298,6 +298,32 @@ func TestFailoverScenarios(t *testing.T) {
 		ci = c.WaitHealthy(time.Minute, "n1", "n2", "n3")
 		if ci.Primary != p.Name {
 			t.Errorf("after resume the primary is %s, want %s restarted", ci.Primary, p.Name)
+		}
+	}) {
+		return
+	}
+
+	t.Run("leave on the primary hands the role off first", func(t *testing.T) {
+		old := c.primaryNode(t)
+		out, stderr, code := cli(t, "leave", "--api", fmt.Sprintf("127.0.0.1:%d", old.API))
+		if code != 0 {
+			t.Fatalf("pgha leave on the primary: exit %d: %s %s", code, out, stderr)
+		}
+		c.WaitExit(old, time.Minute)
+		var rest []string
+		for _, nd := range c.Nodes {
+			if nd != old {
+				rest = append(rest, nd.Name)
+			}
+		}
+		ci := c.WaitHealthy(time.Minute, rest...)
+		if ci.Primary == old.Name {
+			t.Fatalf("%s left but is still the recorded primary", old.Name)
+		}
+		for _, m := range ci.Members {
+			if m.Name == old.Name {
+				t.Errorf("%s still listed after leaving: %+v", old.Name, m)
+			}
 		}
 		_ = api.ClusterInfo{}
 	})

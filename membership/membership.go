@@ -392,9 +392,25 @@ func (e *eventDelegate) poke() {
 func (e *eventDelegate) store(n *memberlist.Node) {
 	c := nodeCopy{addr: append(net.IP(nil), n.Addr...), port: n.Port, meta: append([]byte(nil), n.Meta...), seen: time.Now()}
 	e.mu.Lock()
+	old, had := e.nodes[n.Name]
 	e.nodes[n.Name] = c
 	e.mu.Unlock()
-	e.poke()
+	// Every agent republishes its status each second with a new
+	// timestamp and WAL positions; only a change of anything else (role,
+	// state, addresses...) is worth waking the HA loop for.
+	if !had || !old.addr.Equal(c.addr) || old.port != c.port || significant(old.meta) != significant(c.meta) {
+		e.poke()
+	}
+}
+
+// significant returns the metadata without its ever-changing fields.
+func significant(raw []byte) Meta {
+	m, err := DecodeMeta(raw)
+	if err != nil {
+		return Meta{Err: string(raw)}
+	}
+	m.At, m.WAL, m.Recv = 0, 0, 0
+	return m
 }
 
 func (e *eventDelegate) snapshot() map[string]nodeCopy {
