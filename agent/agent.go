@@ -62,17 +62,21 @@ type Agent struct {
 
 	wake chan struct{} // coalesced: run the HA loop now
 
-	mu           sync.Mutex
-	status       NodeStatus // what this node last observed; guarded by mu
-	lastLSNAt    time.Time  // last commit of the primary LSN (HA loop only)
-	lastSlots    time.Time  // last slot reconcile (HA loop only)
-	seenSet      string     // bootstrap candidate set seen last round (HA loop only)
-	seenSince    time.Time
-	slotsFor     string               // member set the slots were last made for (HA loop only)
-	lastTransfer time.Time            // last leadership transfer attempt (HA loop only)
-	nonvoters    map[string]time.Time // leader: when each non-voter was first seen; guarded by mu
-	wantJoin     atomic.Bool          // ask the leader to add this node to Raft
-	savedPeers   string               // peers last written to peers.json (HA loop only)
+	mu              sync.Mutex
+	status          NodeStatus // what this node last observed; guarded by mu
+	lastLSNAt       time.Time  // last commit of the primary LSN (HA loop only)
+	lastSlots       time.Time  // last slot reconcile (HA loop only)
+	seenSet         string     // bootstrap candidate set seen last round (HA loop only)
+	seenSince       time.Time
+	slotsFor        string               // member set the slots were last made for (HA loop only)
+	lastTransfer    time.Time            // last leadership transfer attempt (HA loop only)
+	nonvoters       map[string]time.Time // leader: when each non-voter was first seen; guarded by mu
+	wantJoin        atomic.Bool          // ask the leader to add this node to Raft
+	savedPeers      string               // peers last written to peers.json (HA loop only)
+	syncAdding      *syncPending         // standby being made synchronous (HA loop only)
+	syncAddingSince time.Time            // (HA loop only)
+	badParams       string               // dynamic parameters last rejected (HA loop only)
+	replicas        []pgnode.ReplicaInfo // pg_stat_replication at the last probe; guarded by mu
 
 	formation atomic.Bool // raft runs on fast timers until a leader exists
 	leaving   atomic.Bool

@@ -30,6 +30,7 @@ func (a *Agent) Cluster() api.ClusterInfo {
 		Initialized: st.SystemID != 0,
 		Leader:      leaderID,
 		Paused:      st.Paused,
+		Sync:        syncStatus(st),
 		Observer:    a.cfg.Name,
 	}
 	if st.Primary != nil {
@@ -80,6 +81,8 @@ func (a *Agent) Cluster() api.ClusterInfo {
 		}
 		if st.IsPrimary(name) {
 			mi.Role = "leader"
+		} else if st.InSyncSet(name) {
+			mi.Role = "sync_standby"
 		}
 		if fm.Witness || (alive && g.Meta.Witness) {
 			mi.Role = "witness"

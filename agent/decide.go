@@ -98,6 +98,7 @@ const (
 	ActTransferLeadership                   // hand Raft leadership to Target
 	ActEnsureSlots                          // create/drop replication slots for the members
 	ActRecordLSN                            // commit the primary's WAL position
+	ActSyncStandbys                         // move the synchronous standby set one step
 )
 
 var actionNames = map[ActionKind]string{
@@ -105,7 +106,7 @@ var actionNames = map[ActionKind]string{
 	ActRecordSystemID: "record-system-id", ActClone: "clone", ActRewind: "rewind",
 	ActRunPrimary: "run-primary", ActRunReplica: "run-replica", ActPromote: "promote",
 	ActFailover: "failover", ActFence: "fence", ActTransferLeadership: "transfer-leadership",
-	ActEnsureSlots: "ensure-slots", ActRecordLSN: "record-lsn",
+	ActEnsureSlots: "ensure-slots", ActRecordLSN: "record-lsn", ActSyncStandbys: "sync-standbys",
 }
 
 func (k ActionKind) String() string { return actionNames[k] }
@@ -193,6 +194,9 @@ func decideSelfPrimary(in Input) []Action {
 	}
 	if in.PG.Running && !in.PG.InRecovery {
 		acts := []Action{{Kind: ActRunPrimary}, {Kind: ActEnsureSlots}, {Kind: ActRecordLSN}}
+		if st.Config.SynchronousMode || len(st.SyncSet) > 0 {
+			acts = append(acts, Action{Kind: ActSyncStandbys})
+		}
 		return acts
 	}
 	if st.Paused {
@@ -312,6 +316,8 @@ func bestCandidate(in Input) (string, string) {
 			return
 		case nofail:
 			why = append(why, name+" has nofailover")
+		case st.Config.SynchronousMode && !st.InSyncSet(name):
+			why = append(why, name+" is not in the synchronous set")
 		case !running || !inRecovery:
 			why = append(why, name+" has no running replica")
 		case st.PrimaryLSN != nil && st.PrimaryLSN.LSN > lsn && int64(st.PrimaryLSN.LSN-lsn) > st.Config.MaximumLagOnFailover:

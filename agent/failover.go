@@ -143,6 +143,19 @@ func (a *Agent) promote(ctx context.Context, in Input, lastSeen time.Time) error
 	if !a.isLeader() {
 		return errors.New("lost leadership before promotion")
 	}
+	// Write the primary's configuration first, synchronous_standby_names
+	// included, so that in synchronous mode the very first commit after
+	// the promotion waits for the synchronous set (the remaining members
+	// of the old one, which are the only ones promotion trusted).
+	st := a.raft.FSM().State()
+	a.syncAdding = nil
+	a.applyDynamic(st, true)
+	if _, _, err := a.pg.WriteConfig(pgnode.RolePrimary, nil); err != nil {
+		return fmt.Errorf("write primary config before promotion: %w", err)
+	}
+	if err := a.pg.Reload(ctx); err != nil {
+		return fmt.Errorf("reload before promotion: %w", err)
+	}
 	a.log.Info("promoting PostgreSQL", "epoch", in.State.Primary.Epoch)
 	pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -155,9 +168,6 @@ func (a *Agent) promote(ctx context.Context, in Input, lastSeen time.Time) error
 	}
 	now := time.Now().UTC()
 	a.log.Info("promoted: this node is the primary", "timeline", tl, "epoch", in.State.Primary.Epoch)
-	if _, _, err := a.pg.WriteConfig(pgnode.RolePrimary, nil); err != nil {
-		a.log.Warn("write primary config after promotion", "err", err)
-	}
 	a.lastSlots = time.Time{}
 	if err := a.raft.Apply(raftfsm.Promoted{Member: a.cfg.Name, Epoch: in.State.Primary.Epoch, Timeline: tl, At: now}, applyTimeout); err != nil {
 		a.log.Warn("record promotion", "err", err)

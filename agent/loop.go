@@ -87,6 +87,7 @@ func (a *Agent) round(ctx context.Context) {
 	if leader && st.Primary != nil && st.Primary.Member != a.cfg.Name {
 		in.OldPrimary = a.askPrimary(ctx, st)
 	}
+	a.applyDynamic(st, st.IsPrimary(a.cfg.Name))
 	var waiting, failure string
 	for _, act := range Decide(in) {
 		switch act.Kind {
@@ -168,6 +169,9 @@ func (a *Agent) probe(ctx context.Context) LocalPG {
 			l.Streaming = st.Streaming
 			l.Receive = st.ReceiveLSN
 			a.setStatus(func(s *NodeStatus) { s.Receive = st.ReceiveLSN })
+			a.mu.Lock()
+			a.replicas = st.Replicas
+			a.mu.Unlock()
 		} else {
 			a.log.Debug("status query failed", "err", err)
 			// Running but not answering (starting, crash recovery): keep
@@ -218,6 +222,7 @@ func (a *Agent) publish(l LocalPG, waiting string) {
 	m.Seen = a.seenHash()
 	m.Role, m.PGState, m.Timeline, m.WAL, m.SysID = role, state, l.Timeline, l.WAL, cur.SysID
 	m.Recv = cur.Receive
+	m.Pending = cur.Pending
 	m.Err = cur.Error
 	m.Wait = waiting
 	m.At = time.Now().UnixMilli()
@@ -495,6 +500,9 @@ func (a *Agent) perform(ctx context.Context, act Action, in Input) error {
 	case ActTransferLeadership:
 		return a.transferLeadership(act.Target, act.Reason)
 
+	case ActSyncStandbys:
+		return a.manageSync(ctx, in)
+
 	case ActEnsureSlots:
 		if time.Since(a.lastSlots) < 5*time.Second && a.slotsFor == slotKey(in.State) {
 			return nil
@@ -560,21 +568,23 @@ func (a *Agent) ensureRunning(ctx context.Context, role pgnode.Role, up *pgnode.
 		a.setStatus(func(s *NodeStatus) { s.Pending = false })
 		return nil
 	}
-	if restart {
-		if role == pgnode.RoleReplica {
-			a.log.Info("restarting replica to apply its configuration")
-			sctx, cancel := context.WithTimeout(ctx, a.cfg.PostgreSQL.StartTimeout.Duration)
-			defer cancel()
-			if err := a.pg.Stop(sctx, pgnode.StopFast); err != nil {
-				return fmt.Errorf("stop for restart: %w", err)
-			}
-			return a.pg.Start(sctx)
-		}
-		a.setStatus(func(s *NodeStatus) { s.Pending = true })
+	if restart && !a.Status().Pending {
+		a.log.Warn("PostgreSQL settings changed that need a restart: restart pending (pgha restart)")
 	}
-	if changed {
-		a.log.Info("reloading PostgreSQL configuration")
-		return a.pg.Reload(ctx)
+	if changed || restart {
+		if changed {
+			a.log.Info("reloading PostgreSQL configuration")
+			if err := a.pg.Reload(ctx); err != nil {
+				return err
+			}
+		}
+		// pg_settings knows best what waits for a restart.
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		pending, err := a.pg.PendingRestart(pctx)
+		cancel()
+		if err == nil {
+			a.setStatus(func(s *NodeStatus) { s.Pending = pending || restart })
+		}
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,6 +33,9 @@ func (a *Agent) checkCandidate(st raftfsm.State, name string, force bool) error 
 		return api.Errorf(http.StatusConflict, "candidate %s has the nofailover tag", name)
 	case g.Meta.Role != "replica" || (g.Meta.PGState != "streaming" && g.Meta.PGState != "running"):
 		return api.Errorf(http.StatusConflict, "candidate %s is not a running replica (%s %s)", name, g.Meta.Role, g.Meta.PGState)
+	}
+	if st.Config.SynchronousMode && !st.InSyncSet(name) {
+		return api.Errorf(http.StatusConflict, "candidate %s is not in the synchronous set (%s): promoting it could lose acknowledged commits", name, strings.Join(st.SyncSet, ", "))
 	}
 	if force {
 		return nil

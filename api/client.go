@@ -143,3 +143,29 @@ func (c *Client) History(ctx context.Context) ([]HistoryEntry, error) {
 	_, err := c.do(ctx, http.MethodGet, "/history", nil, &h)
 	return h, err
 }
+
+// Config fetches GET /config.
+func (c *Client) Config(ctx context.Context) (DynamicConfig, error) {
+	var dc DynamicConfig
+	_, err := c.do(ctx, http.MethodGet, "/config", nil, &dc)
+	return dc, err
+}
+
+// PatchConfig sends PATCH /config with a JSON merge patch.
+func (c *Client) PatchConfig(ctx context.Context, patch map[string]any) (DynamicConfig, error) {
+	var dc DynamicConfig
+	_, err := c.do(ctx, http.MethodPatch, "/config", patch, &dc)
+	return dc, err
+}
+
+// Restart restarts this member's PostgreSQL.
+func (c *Client) Restart(ctx context.Context) error {
+	_, err := c.do(ctx, http.MethodPost, "/restart", struct{}{}, nil)
+	return err
+}
+
+// Reload reloads this member's PostgreSQL configuration.
+func (c *Client) Reload(ctx context.Context) error {
+	_, err := c.do(ctx, http.MethodPost, "/reload", struct{}{}, nil)
+	return err
+}

@@ -46,6 +46,13 @@ type Backend interface {
 	Failover(ctx context.Context, req SwitchoverRequest) (SwitchoverResult, error)
 	SetPaused(ctx context.Context, paused bool) error
 	History() []HistoryEntry
+	Config() DynamicConfig
+	// PatchConfig applies a JSON merge patch (RFC 7386) to the dynamic
+	// configuration. Leader only.
+	PatchConfig(ctx context.Context, patch map[string]json.RawMessage) (DynamicConfig, error)
+	// Restart and Reload act on this member's PostgreSQL.
+	Restart(ctx context.Context) error
+	Reload(ctx context.Context) error
 	// LeaderAPI returns the leader's API address, "" when unknown.
 	LeaderAPI() string
 }
@@ -92,6 +99,10 @@ func New(o Options, b Backend) (*Server, error) {
 	mux.HandleFunc("POST /failover", s.handleFailover)
 	mux.HandleFunc("POST /v1/pause", s.handlePause)
 	mux.HandleFunc("GET /history", s.handleHistory)
+	mux.HandleFunc("GET /config", s.handleConfig)
+	mux.HandleFunc("PATCH /config", s.handlePatchConfig)
+	mux.HandleFunc("POST /restart", s.handleRestart)
+	mux.HandleFunc("POST /reload", s.handleReload)
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -263,6 +274,37 @@ func (s *Server) handlePause(w http.ResponseWriter, r *http.Request) {
 	leaderOnly(s, w, r, func(*PauseRequest) error { return nil }, func(req *PauseRequest) (any, error) {
 		return map[string]bool{"paused": req.Paused}, s.backend.SetPaused(r.Context(), req.Paused)
 	})
+}
+
+func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.backend.Config())
+}
+
+func (s *Server) handlePatchConfig(w http.ResponseWriter, r *http.Request) {
+	leaderOnly(s, w, r, func(p *map[string]json.RawMessage) error {
+		if len(*p) == 0 {
+			return Errorf(http.StatusBadRequest, "empty patch: send a JSON object such as {\"synchronous_mode\": true}")
+		}
+		return nil
+	}, func(p *map[string]json.RawMessage) (any, error) {
+		return s.backend.PatchConfig(r.Context(), *p)
+	})
+}
+
+func (s *Server) handleRestart(w http.ResponseWriter, r *http.Request) {
+	if err := s.backend.Restart(r.Context()); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "restarted"})
+}
+
+func (s *Server) handleReload(w http.ResponseWriter, r *http.Request) {
+	if err := s.backend.Reload(r.Context()); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
 }
 
 func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request) {

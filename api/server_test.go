@@ -38,6 +38,7 @@ type fakeBackend struct {
 	PausedFn    func(ctx context.Context, paused bool) error
 	HistoryFn   func() []api.HistoryEntry
 	LeaderAPIFn func() string
+	PatchFn     func(ctx context.Context, patch map[string]json.RawMessage) (api.DynamicConfig, error)
 }
 
 var _ api.Backend = (*fakeBackend)(nil)
@@ -103,6 +104,22 @@ func (b *fakeBackend) History() []api.HistoryEntry {
 		return nil
 	}
 	return b.HistoryFn()
+}
+
+func (b *fakeBackend) Config() api.DynamicConfig { return api.DynamicConfig{SynchronousNodeCount: 1} }
+
+func (b *fakeBackend) PatchConfig(ctx context.Context, patch map[string]json.RawMessage) (api.DynamicConfig, error) {
+	if b.PatchFn == nil {
+		return api.DynamicConfig{}, errors.New("fake: PatchConfig not expected")
+	}
+	return b.PatchFn(ctx, patch)
+}
+
+func (b *fakeBackend) Restart(ctx context.Context) error {
+	return errors.New("fake: Restart not expected")
+}
+func (b *fakeBackend) Reload(ctx context.Context) error {
+	return errors.New("fake: Reload not expected")
 }
 
 func (b *fakeBackend) LeaderAPI() string {
@@ -694,5 +711,33 @@ func TestNew_ListenError(t *testing.T) {
 	_, err = api.New(api.Options{Addr: l.Addr().String()}, &fakeBackend{})
 	if err == nil || !strings.Contains(err.Error(), l.Addr().String()) {
 		t.Fatalf("New on a taken port: %v; want an error naming %s", err, l.Addr())
+	}
+}
+
+// PATCH /config: an empty patch is a 400; a follower forwards the patch
+// to the leader, which answers with the merged configuration.
+func TestPatchConfig(t *testing.T) {
+	leader := &fakeBackend{PatchFn: func(ctx context.Context, p map[string]json.RawMessage) (api.DynamicConfig, error) {
+		if string(p["synchronous_mode"]) != "true" {
+			return api.DynamicConfig{}, api.Errorf(http.StatusBadRequest, "unexpected patch %v", p)
+		}
+		return api.DynamicConfig{SynchronousMode: true, SynchronousNodeCount: 1}, nil
+	}}
+	leaderAddr := startServer(t, leader)
+	follower := &fakeBackend{
+		PatchFn: func(context.Context, map[string]json.RawMessage) (api.DynamicConfig, error) {
+			return api.DynamicConfig{}, api.ErrNotLeader
+		},
+		LeaderAPIFn: func() string { return leaderAddr },
+	}
+	addr := startServer(t, follower)
+	dc, err := api.NewClient(addr).PatchConfig(context.Background(), map[string]any{"synchronous_mode": true})
+	if err != nil || !dc.SynchronousMode {
+		t.Fatalf("patch through a follower: %+v, %v", dc, err)
+	}
+	_, err = api.NewClient(addr).PatchConfig(context.Background(), map[string]any{})
+	var se *api.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusBadRequest {
+		t.Fatalf("empty patch: err = %v, want a 400", err)
 	}
 }

@@ -5,18 +5,20 @@ import "time"
 // ClusterInfo is the body of GET /cluster: the cluster as the answering
 // node sees it (Raft FSM for the authoritative part, gossip for the rest).
 type ClusterInfo struct {
-	Cluster     string       `json:"cluster"`
-	ClusterID   string       `json:"cluster_id,omitempty"`
-	SystemID    uint64       `json:"system_id,string,omitempty"`
-	Initialized bool         `json:"initialized"`
-	Leader      string       `json:"leader,omitempty"`  // Raft leader
-	Primary     string       `json:"primary,omitempty"` // holder of the primary record
-	Epoch       uint64       `json:"epoch,omitempty"`
-	Timeline    uint32       `json:"timeline,omitempty"`
-	PrimaryLSN  string       `json:"primary_lsn,omitempty"`
-	Paused      bool         `json:"paused"`
-	Observer    string       `json:"observer"` // the member that answered
-	Members     []MemberInfo `json:"members"`
+	Cluster     string `json:"cluster"`
+	ClusterID   string `json:"cluster_id,omitempty"`
+	SystemID    uint64 `json:"system_id,string,omitempty"`
+	Initialized bool   `json:"initialized"`
+	Leader      string `json:"leader,omitempty"`  // Raft leader
+	Primary     string `json:"primary,omitempty"` // holder of the primary record
+	Epoch       uint64 `json:"epoch,omitempty"`
+	Timeline    uint32 `json:"timeline,omitempty"`
+	PrimaryLSN  string `json:"primary_lsn,omitempty"`
+	Paused      bool   `json:"paused"`
+	// Sync says how synchronous replication stands ("" when off).
+	Sync     string       `json:"synchronous,omitempty"`
+	Observer string       `json:"observer"` // the member that answered
+	Members  []MemberInfo `json:"members"`
 }
 
 // MemberInfo is one row of `pgha list`.
@@ -108,4 +110,20 @@ type HistoryEntry struct {
 	LSN         string    `json:"lsn,omitempty"`
 	Reason      string    `json:"reason"`
 	DowntimeSec *float64  `json:"write_downtime_seconds,omitempty"`
+}
+
+// DynamicConfig is the body of GET /config and the result of PATCH
+// /config: the cluster-wide configuration kept in Raft (Patroni's keys).
+type DynamicConfig struct {
+	MaximumLagOnFailover  int64            `json:"maximum_lag_on_failover"`
+	SynchronousMode       bool             `json:"synchronous_mode"`
+	SynchronousNodeCount  int              `json:"synchronous_node_count"`
+	SynchronousModeStrict bool             `json:"synchronous_mode_strict"`
+	Pause                 bool             `json:"pause"`
+	PostgreSQL            PostgreSQLConfig `json:"postgresql"`
+}
+
+// PostgreSQLConfig holds the cluster-wide PostgreSQL parameters.
+type PostgreSQLConfig struct {
+	Parameters map[string]string `json:"parameters"`
 }

@@ -3,6 +3,7 @@ package pgnode
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -217,8 +218,20 @@ func (n *Node) parameters(role Role, up *Upstream) map[string]string {
 	if n.cfg.MaxSlotWalKeepSize != "" {
 		p["max_slot_wal_keep_size"] = n.cfg.MaxSlotWalKeepSize
 	}
+	n.mu.Lock()
+	for k, v := range n.dynamic {
+		p[k] = v // checked by SetDynamic
+	}
+	syncNames := n.syncNames
+	n.mu.Unlock()
 	for k, v := range n.cfg.Parameters {
 		p[k] = v // protected keys were rejected by Validate
+	}
+	if syncNames != nil {
+		// Written on both roles: a standby ignores it, and a promoted
+		// standby then waits for its synchronous standbys from its first
+		// commit on.
+		p["synchronous_standby_names"] = *syncNames
 	}
 	if role == RoleReplica && up != nil {
 		p["primary_conninfo"] = n.primaryConninfo(*up)
@@ -451,4 +464,45 @@ func syncDir(dir string) {
 		d.Sync()
 		d.Close()
 	}
+}
+
+// SetDynamic sets the cluster-wide parameters (the dynamic configuration
+// in the Raft FSM) and, when syncNames is not nil, the managed
+// synchronous_standby_names. The next WriteConfig writes them. Parameters
+// that are protected or malformed are left out and returned.
+func (n *Node) SetDynamic(params map[string]string, syncNames *string) (rejected []string) {
+	ok := make(map[string]string, len(params))
+	for k, v := range params {
+		if protected[k] || !paramKeyRe.MatchString(k) || hasControl(v) || k == "synchronous_standby_names" {
+			rejected = append(rejected, k)
+			continue
+		}
+		ok[k] = v
+	}
+	sort.Strings(rejected)
+	n.mu.Lock()
+	n.dynamic = ok
+	if syncNames != nil {
+		v := *syncNames
+		n.syncNames = &v
+	} else {
+		n.syncNames = nil
+	}
+	n.mu.Unlock()
+	return rejected
+}
+
+// PendingRestart reports whether PostgreSQL has settings that change only
+// at the next restart (pg_settings.pending_restart).
+func (n *Node) PendingRestart(ctx context.Context) (bool, error) {
+	conn, err := n.Connect(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.Background())
+	var pending bool
+	if err := conn.QueryRow(ctx, "SELECT count(*) > 0 FROM pg_settings WHERE pending_restart").Scan(&pending); err != nil {
+		return false, fmt.Errorf("pending_restart: %w", err)
+	}
+	return pending, nil
 }

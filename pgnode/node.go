@@ -68,9 +68,14 @@ type Node struct {
 	dataMu sync.Mutex // serializes Bootstrap, Clone, WriteConfig
 	opMu   sync.Mutex // serializes postmaster launch and stop
 
-	mu     sync.Mutex // guards pm, closed
+	mu     sync.Mutex // guards pm, closed, dynamic, syncNames
 	pm     *postmaster
 	closed bool
+	// dynamic are the cluster-wide parameters from the Raft FSM; the
+	// member's own cfg.Parameters override them.
+	dynamic map[string]string
+	// syncNames, when set, is the managed synchronous_standby_names.
+	syncNames *string
 
 	closeCtx    context.Context // cancelled by Close to abort waits
 	closeCancel context.CancelFunc

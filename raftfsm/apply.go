@@ -67,7 +67,25 @@ func ApplyCommand(s *State, data []byte) error {
 		if c.Config.MaximumLagOnFailover < 0 {
 			return fmt.Errorf("%w: maximum_lag_on_failover must be >= 0", ErrRejected)
 		}
+		if c.Config.SynchronousNodeCount < 1 {
+			return fmt.Errorf("%w: synchronous_node_count must be >= 1", ErrRejected)
+		}
 		s.Config = c.Config
+		return nil
+	case CmdSetSyncSet:
+		var c SetSyncSet
+		if err := decodePayload(env, &c); err != nil {
+			return err
+		}
+		if s.Primary == nil || s.Primary.Member != c.Member || s.Primary.Epoch != c.Epoch {
+			return fmt.Errorf("%w: set_sync_set from %s epoch %d: not the current primary", ErrRejected, c.Member, c.Epoch)
+		}
+		for _, m := range c.Members {
+			if _, ok := s.Members[m]; !ok || m == c.Member {
+				return fmt.Errorf("%w: set_sync_set: %q is not a standby member", ErrRejected, m)
+			}
+		}
+		s.SyncSet = append([]string(nil), c.Members...)
 		return nil
 	case CmdPromoted:
 		var c Promoted
@@ -158,6 +176,13 @@ func applyRemoveMember(s *State, c RemoveMember) error {
 		return fmt.Errorf("%w: %s is the primary; switch over first", ErrRejected, c.Name)
 	}
 	delete(s.Members, c.Name)
+	var keep []string
+	for _, m := range s.SyncSet {
+		if m != c.Name {
+			keep = append(keep, m)
+		}
+	}
+	s.SyncSet = keep
 	return nil
 }
 
@@ -175,6 +200,15 @@ func applySetPrimary(s *State, c SetPrimary) error {
 		return fmt.Errorf("%w: set_primary: epoch is %d, expected %d", ErrRejected, s.Primary.Epoch, c.ExpectEpoch)
 	}
 	old := s.Primary.Member
+	// The new primary leaves the synchronous set; the rest stays valid
+	// until the new primary has rebuilt it.
+	var keep []string
+	for _, m := range s.SyncSet {
+		if m != c.Member {
+			keep = append(keep, m)
+		}
+	}
+	s.SyncSet = keep
 	s.Primary = &PrimaryRecord{Member: c.Member, Epoch: c.ExpectEpoch + 1, Timeline: c.Timeline, Since: c.At}
 	s.History = append(s.History, HistoryEntry{
 		Epoch: s.Primary.Epoch, At: c.At, Old: old, New: c.Member,

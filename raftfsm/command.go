@@ -22,6 +22,7 @@ const (
 	CmdSetConfig     CommandType = "set_config"
 	CmdSetPaused     CommandType = "set_paused"
 	CmdPromoted      CommandType = "promoted"
+	CmdSetSyncSet    CommandType = "set_sync_set"
 	CmdNoop          CommandType = "noop"
 )
 
@@ -78,6 +79,14 @@ type SetPrimary struct {
 	LastSeen time.Time `json:"last_seen,omitempty"`
 }
 
+// SetSyncSet records the synchronous standby set. Only the holder of the
+// current epoch may write it.
+type SetSyncSet struct {
+	Member  string   `json:"member"`
+	Epoch   uint64   `json:"epoch"`
+	Members []string `json:"members"`
+}
+
 // Promoted records that the holder of the current epoch finished its
 // promotion: the timeline it reached and when it took writes.
 type Promoted struct {
@@ -131,6 +140,8 @@ func Encode(payload any) ([]byte, error) {
 		t = CmdSetPaused
 	case Promoted:
 		t = CmdPromoted
+	case SetSyncSet:
+		t = CmdSetSyncSet
 	case nil:
 		t = CmdNoop
 	default:

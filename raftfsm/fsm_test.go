@@ -174,7 +174,7 @@ func TestMalformedAndUnknownCommandsRejected(t *testing.T) {
 func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	f := initialised(t)
 	mustApply(t, f, 10, raftfsm.SetPrimaryLSN{Member: "n1", Epoch: 1, LSN: 1 << 40, Timeline: 1, At: t0})
-	mustApply(t, f, 11, raftfsm.SetConfig{Config: raftfsm.DynamicConfig{MaximumLagOnFailover: 42, Parameters: map[string]string{"work_mem": "8MB"}}})
+	mustApply(t, f, 11, raftfsm.SetConfig{Config: raftfsm.DynamicConfig{MaximumLagOnFailover: 42, SynchronousNodeCount: 1, Parameters: map[string]string{"work_mem": "8MB"}}})
 	mustApply(t, f, 12, raftfsm.SetPaused{Paused: true})
 	snap, err := f.Snapshot()
 	if err != nil {

@@ -30,6 +30,11 @@ type State struct {
 	PrimaryLSN *LSNRecord `json:"primary_lsn,omitempty"`
 	// Config is the dynamic, cluster-wide configuration.
 	Config DynamicConfig `json:"config"`
+	// SyncSet is the committed synchronous standby set: with synchronous
+	// mode on, only these members may be promoted. The primary adds a
+	// standby here only after PostgreSQL reports it synchronous, and
+	// removes one here before it stops waiting for it.
+	SyncSet []string `json:"sync_set,omitempty"`
 	// Paused stops every automatic action (maintenance mode).
 	Paused bool `json:"paused,omitempty"`
 	// History lists every change of primary, oldest first.
@@ -73,13 +78,22 @@ type DynamicConfig struct {
 	// MaximumLagOnFailover is the most WAL, in bytes, a replica may be
 	// behind the last known primary position and still be promoted.
 	MaximumLagOnFailover int64 `json:"maximum_lag_on_failover"`
-	// Parameters are PostgreSQL settings applied on every member.
+	// SynchronousMode makes the primary wait for synchronous standbys
+	// and restricts promotion to the recorded synchronous set.
+	SynchronousMode bool `json:"synchronous_mode"`
+	// SynchronousNodeCount is how many synchronous standbys to keep.
+	SynchronousNodeCount int `json:"synchronous_node_count"`
+	// SynchronousModeStrict refuses writes when no synchronous standby is
+	// available, instead of falling back to asynchronous replication.
+	SynchronousModeStrict bool `json:"synchronous_mode_strict"`
+	// Parameters are PostgreSQL settings applied on every member (a
+	// member's own postgresql.parameters override them).
 	Parameters map[string]string `json:"parameters,omitempty"`
 }
 
 // DefaultDynamicConfig is what a fresh cluster starts with.
 func DefaultDynamicConfig() DynamicConfig {
-	return DynamicConfig{MaximumLagOnFailover: 1 << 20}
+	return DynamicConfig{MaximumLagOnFailover: 1 << 20, SynchronousNodeCount: 1}
 }
 
 // HistoryEntry records one change of primary.
@@ -97,6 +111,16 @@ type HistoryEntry struct {
 	// PromotedAt is when the new primary accepted writes; PromotedAt -
 	// LastSeen is the write downtime as the agents saw it.
 	PromotedAt time.Time `json:"promoted_at,omitempty"`
+}
+
+// InSyncSet reports whether name is in the committed synchronous set.
+func (s State) InSyncSet(name string) bool {
+	for _, n := range s.SyncSet {
+		if n == name {
+			return true
+		}
+	}
+	return false
 }
 
 // MemberNames returns the member names, sorted.
@@ -138,5 +162,6 @@ func (s *State) clone() State {
 		}
 	}
 	c.History = append([]HistoryEntry(nil), s.History...)
+	c.SyncSet = append([]string(nil), s.SyncSet...)
 	return c
 }

@@ -46,7 +46,7 @@ func listCommand() *cli.Command {
 	}
 }
 
-var roleNames = map[string]string{"leader": "Leader", "replica": "Replica", "witness": "Witness"}
+var roleNames = map[string]string{"leader": "Leader", "replica": "Replica", "sync_standby": "Sync Standby", "witness": "Witness"}
 
 // renderCluster prints the table of `pgha list`.
 func renderCluster(w io.Writer, ci api.ClusterInfo) {
@@ -82,6 +82,9 @@ func renderCluster(w io.Writer, ci api.ClusterInfo) {
 	t.render(w)
 	if ci.Paused {
 		fmt.Fprintln(w, " Maintenance mode: on (no automatic failover or restart)")
+	}
+	if ci.Sync != "" {
+		fmt.Fprintln(w, " "+strings.ToUpper(ci.Sync[:1])+ci.Sync[1:])
 	}
 	if !ci.Initialized {
 		fmt.Fprintln(w, " Cluster not initialised yet")

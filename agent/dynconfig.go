@@ -1,0 +1,256 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/pgnode"
+	"github.com/pgha/pgha/raftfsm"
+)
+
+func toAPIConfig(st raftfsm.State) api.DynamicConfig {
+	c := st.Config
+	params := map[string]string{}
+	for k, v := range c.Parameters {
+		params[k] = v
+	}
+	return api.DynamicConfig{
+		MaximumLagOnFailover:  c.MaximumLagOnFailover,
+		SynchronousMode:       c.SynchronousMode,
+		SynchronousNodeCount:  c.SynchronousNodeCount,
+		SynchronousModeStrict: c.SynchronousModeStrict,
+		Pause:                 st.Paused,
+		PostgreSQL:            api.PostgreSQLConfig{Parameters: params},
+	}
+}
+
+// Config answers GET /config.
+func (a *Agent) Config() api.DynamicConfig { return toAPIConfig(a.raft.FSM().State()) }
+
+// PatchConfig merges a JSON merge patch (RFC 7386) into the dynamic
+// configuration and commits it. Unknown keys and wrong types are 400s
+// naming the key; null removes a PostgreSQL parameter.
+func (a *Agent) PatchConfig(ctx context.Context, patch map[string]json.RawMessage) (api.DynamicConfig, error) {
+	if !a.isLeader() {
+		return api.DynamicConfig{}, api.ErrNotLeader
+	}
+	st := a.raft.FSM().State()
+	cfg, paused, err := mergeConfig(st, patch)
+	if err != nil {
+		return api.DynamicConfig{}, api.Errorf(http.StatusBadRequest, "%v", err)
+	}
+	if err := a.raft.Apply(raftfsm.SetConfig{Config: cfg}, applyTimeout); err != nil {
+		return api.DynamicConfig{}, errStatus(err)
+	}
+	if paused != st.Paused {
+		if err := a.raft.Apply(raftfsm.SetPaused{Paused: paused}, applyTimeout); err != nil {
+			return api.DynamicConfig{}, errStatus(err)
+		}
+	}
+	a.log.Info("dynamic configuration changed", "patch", patchKeys(patch))
+	a.poke()
+	return toAPIConfig(a.raft.FSM().State()), nil
+}
+
+func patchKeys(p map[string]json.RawMessage) string {
+	keys := make([]string, 0, len(p))
+	for k := range p {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, ",")
+}
+
+// mergeConfig applies patch to the state's configuration; pure, so it is
+// unit-testable.
+func mergeConfig(st raftfsm.State, patch map[string]json.RawMessage) (raftfsm.DynamicConfig, bool, error) {
+	cfg := st.Config
+	params := map[string]string{}
+	for k, v := range cfg.Parameters {
+		params[k] = v
+	}
+	paused := st.Paused
+	strict := func(key string, raw json.RawMessage, v any) error {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(v); err != nil {
+			return fmt.Errorf("%s: %v", key, err)
+		}
+		return nil
+	}
+	for key, raw := range patch {
+		var err error
+		switch key {
+		case "maximum_lag_on_failover":
+			err = decodeSize(key, raw, &cfg.MaximumLagOnFailover)
+		case "synchronous_mode":
+			err = strict(key, raw, &cfg.SynchronousMode)
+		case "synchronous_mode_strict":
+			err = strict(key, raw, &cfg.SynchronousModeStrict)
+		case "synchronous_node_count":
+			err = strict(key, raw, &cfg.SynchronousNodeCount)
+			if err == nil && cfg.SynchronousNodeCount < 1 {
+				err = fmt.Errorf("%s: must be at least 1", key)
+			}
+		case "pause":
+			err = strict(key, raw, &paused)
+		case "postgresql":
+			var pg map[string]json.RawMessage
+			if err = strict(key, raw, &pg); err != nil {
+				break
+			}
+			for sub, sraw := range pg {
+				if sub != "parameters" {
+					return cfg, paused, fmt.Errorf("unknown key postgresql.%s (only postgresql.parameters is dynamic)", sub)
+				}
+				var ps map[string]*json.RawMessage
+				if err = strict("postgresql.parameters", sraw, &ps); err != nil {
+					break
+				}
+				for name, v := range ps {
+					if v == nil || string(*v) == "null" {
+						delete(params, name)
+						continue
+					}
+					val, perr := paramValue(*v)
+					if perr != nil {
+						return cfg, paused, fmt.Errorf("postgresql.parameters.%s: %v", name, perr)
+					}
+					params[name] = val
+				}
+			}
+		default:
+			return cfg, paused, fmt.Errorf("unknown key %q (dynamic keys: maximum_lag_on_failover, synchronous_mode, synchronous_mode_strict, synchronous_node_count, pause, postgresql.parameters)", key)
+		}
+		if err != nil {
+			return cfg, paused, err
+		}
+	}
+	if len(params) == 0 {
+		params = nil
+	}
+	cfg.Parameters = params
+	if cfg.SynchronousNodeCount == 0 {
+		cfg.SynchronousNodeCount = 1
+	}
+	return cfg, paused, nil
+}
+
+// decodeSize accepts a number of bytes or a PostgreSQL-style size ("16MB").
+func decodeSize(key string, raw json.RawMessage, out *int64) error {
+	var n int64
+	if err := json.Unmarshal(raw, &n); err == nil {
+		if n < 0 {
+			return fmt.Errorf("%s: must be >= 0", key)
+		}
+		*out = n
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return fmt.Errorf("%s: want bytes or a size such as \"16MB\"", key)
+	}
+	v, err := ParseSize(s)
+	if err != nil {
+		return fmt.Errorf("%s: %v", key, err)
+	}
+	*out = v
+	return nil
+}
+
+// ParseSize parses "16MB", "1GB", "512kB", "100" (bytes).
+func ParseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"KB", 1 << 10}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	return n * mult, nil
+}
+
+// paramValue turns a JSON string, number or boolean into a setting value.
+func paramValue(raw json.RawMessage) (string, error) {
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", err
+	}
+	switch x := v.(type) {
+	case string:
+		return x, nil
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64), nil
+	case bool:
+		if x {
+			return "on", nil
+		}
+		return "off", nil
+	default:
+		return "", fmt.Errorf("want a string, number or boolean")
+	}
+}
+
+// Restart restarts the local PostgreSQL (fast stop, start), holding the HA
+// loop so it does not react to the stop. On the primary this is a brief
+// write outage without a failover.
+func (a *Agent) Restart(ctx context.Context) error {
+	a.actionMu.Lock()
+	defer a.actionMu.Unlock()
+	if !a.pg.Running() {
+		return api.Errorf(http.StatusConflict, "PostgreSQL is not running on %s", a.cfg.Name)
+	}
+	st := a.raft.FSM().State()
+	primary := st.IsPrimary(a.cfg.Name)
+	if primary && !a.isLeader() {
+		return api.Errorf(http.StatusConflict, "%s holds the primary record without leadership; not restarting", a.cfg.Name)
+	}
+	a.log.Info("restarting PostgreSQL on request")
+	a.primaryUp.Store(false)
+	sctx, cancel := context.WithTimeout(ctx, 2*a.cfg.PostgreSQL.StartTimeout.Duration)
+	defer cancel()
+	if err := a.pg.Stop(sctx, pgnode.StopFast); err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	if err := a.pg.Start(sctx); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	a.setStatus(func(s *NodeStatus) { s.Pending = false })
+	a.poke()
+	return nil
+}
+
+// Reload rewrites the managed configuration and reloads PostgreSQL.
+func (a *Agent) Reload(ctx context.Context) error {
+	a.actionMu.Lock()
+	defer a.actionMu.Unlock()
+	if !a.pg.Running() {
+		return api.Errorf(http.StatusConflict, "PostgreSQL is not running on %s", a.cfg.Name)
+	}
+	if err := a.pg.Reload(ctx); err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if pending, err := a.pg.PendingRestart(pctx); err == nil {
+		a.setStatus(func(s *NodeStatus) { s.Pending = pending })
+	}
+	return nil
+}
