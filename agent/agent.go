@@ -54,7 +54,13 @@ type Agent struct {
 	lastLeaderContact atomic.Value
 	// primaryUp is true while the local PostgreSQL runs as a primary: the
 	// fence watchdog guards it.
-	primaryUp      atomic.Bool
+	primaryUp atomic.Bool
+	// fencedAt and confirmedAt (unix ns): after a fence, the node does
+	// not act as leader until a leadership confirmation asked for after
+	// the fence succeeded.
+	fencedAt       atomic.Int64
+	confirmedAt    atomic.Int64
+	steppingDown   atomic.Bool
 	lostLeadership chan struct{} // poked when Raft leadership is lost
 	// actionMu is held by each HA loop round and by a switchover, which
 	// must own PostgreSQL while it runs.
@@ -311,9 +317,17 @@ func (a *Agent) watchLeadership(ctx context.Context) {
 			a.lastLeaderContact.Store(a.raft.LastContact())
 			term := a.raft.Term()
 			a.log.Info("gained raft leadership", "term", term)
-			if err := a.raft.Barrier(10 * time.Second); err != nil {
+			// Retry the barrier while this term lasts: without it the node
+			// would hold leadership without ever acting on it.
+			for {
+				err := a.raft.Barrier(5 * time.Second)
+				if err == nil {
+					break
+				}
 				a.log.Warn("leader barrier failed", "err", err)
-				continue
+				if !a.raft.IsLeader() || a.raft.Term() != term || ctx.Err() != nil {
+					break
+				}
 			}
 			if a.raft.IsLeader() && a.raft.Term() == term {
 				a.leaderTerm.Store(term)
@@ -327,7 +341,8 @@ func (a *Agent) watchLeadership(ctx context.Context) {
 // isLeader is the leadership the HA loop acts on: Raft says leader and
 // the barrier of this term passed.
 func (a *Agent) isLeader() bool {
-	return a.leaderReady.Load() && a.raft.IsLeader() && a.raft.Term() == a.leaderTerm.Load()
+	return a.leaderReady.Load() && a.raft.IsLeader() && a.raft.Term() == a.leaderTerm.Load() &&
+		a.fencedAt.Load() <= a.confirmedAt.Load()
 }
 
 func (a *Agent) setStatus(f func(*NodeStatus)) {

@@ -273,7 +273,15 @@ func (a *Agent) Leave(ctx context.Context) error {
 		return api.Errorf(http.StatusConflict, "already leaving")
 	}
 	a.log.Info("leaving the cluster")
-	a.publish(a.probe(ctx), "")
+	// Tell the others at once, after any HA loop round in progress (the
+	// loop stands still while leaving).
+	a.actionMu.Lock()
+	m := a.gossip.LocalMeta()
+	m.Leaving = true
+	if err := a.gossip.SetMeta(m); err != nil {
+		a.log.Warn("publish leaving", "err", err)
+	}
+	a.actionMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	if err := a.leaveRaft(ctx); err != nil {

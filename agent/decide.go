@@ -47,9 +47,8 @@ type OldPrimary int
 // What the leader knows of the recorded primary's agent.
 const (
 	OldPrimaryUnknown OldPrimary = iota // not asked (not leader, or we are the primary)
-	OldPrimaryAlive                     // its agent answered
-	OldPrimaryDown                      // connection refused: the agent is gone, and its PostgreSQL with it (parent-death signal)
-	OldPrimarySilent                    // no answer in time: frozen or cut off; it fences itself within its lease
+	OldPrimaryAlive                     // its agent answered, as itself
+	OldPrimarySilent                    // no answer: dead, frozen or cut off; if alive it fences itself (see agent.fenceBudget)
 )
 
 // Input is everything the decision needs; gathering it is the HA loop's
@@ -67,6 +66,9 @@ type Input struct {
 	PromoteNotBefore time.Time
 	OldPrimary       OldPrimary
 	State            raftfsm.State
+	// Voters are the Raft voters: only they can lead, so only they can
+	// be promoted. nil means unknown (every member counts).
+	Voters map[string]bool
 	// Gossip holds the live gossip members by name.
 	Gossip map[string]membership.Member
 	PG     LocalPG
@@ -135,6 +137,9 @@ func Decide(in Input) []Action {
 	st := in.State
 	if in.Witness {
 		return decideWitness(in)
+	}
+	if in.PG.Data == DataUnknown {
+		return []Action{{Kind: ActWait, Reason: "cannot read the PostgreSQL data directory (see the log)"}}
 	}
 	if in.PG.Data == DataInvalid {
 		return []Action{{Kind: ActRefuse, Reason: "the PostgreSQL data directory is not empty and is not a PostgreSQL data directory; move it away"}}
@@ -278,7 +283,7 @@ func leaderActions(in Input) []Action {
 	if st.Paused {
 		return []Action{{Kind: ActWait, Reason: fmt.Sprintf("maintenance mode: primary %s is unreachable but automatic failover is paused", p)}}
 	}
-	if in.OldPrimary != OldPrimaryDown && in.Now.Before(in.PromoteNotBefore) {
+	if in.Now.Before(in.PromoteNotBefore) {
 		return []Action{{Kind: ActWait, Reason: fmt.Sprintf("primary %s unreachable: waiting %s for it to fence itself", p, in.PromoteNotBefore.Sub(in.Now).Round(10*time.Millisecond))}}
 	}
 	best, why := bestCandidate(in)
@@ -316,6 +321,8 @@ func bestCandidate(in Input) (string, string) {
 			return
 		case nofail:
 			why = append(why, name+" has nofailover")
+		case in.Voters != nil && !in.Voters[name]:
+			why = append(why, name+" is not a Raft voter yet")
 		case st.Config.SynchronousMode && !st.InSyncSet(name):
 			why = append(why, name+" is not in the synchronous set")
 		case !running || !inRecovery:

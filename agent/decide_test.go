@@ -130,23 +130,29 @@ func TestDecide(t *testing.T) {
 
 		// A leader that is not the primary: hand back or fail over.
 		{"primary's agent alive: hand leadership back", leaderN2(fsmState("n1", false), allUp, OldPrimaryAlive, runningReplica), "transfer-leadership,run-replica", ""},
-		{"primary down: the best candidate fails over", leaderN2(fsmState("n1", false), replicasUp, OldPrimaryDown, runningReplica), "failover", ""},
+		{"primary down: the best candidate fails over", leaderN2(fsmState("n1", false), replicasUp, OldPrimarySilent, runningReplica), "failover", ""},
 		{"primary silent: wait out its lease", func() Input {
 			in := leaderN2(fsmState("n1", false), replicasUp, OldPrimarySilent, runningReplica)
 			in.PromoteNotBefore = now.Add(500 * time.Millisecond)
 			return in
 		}(), "wait,run-replica", "fence itself"},
 		{"primary silent after its lease: fail over", leaderN2(fsmState("n1", false), replicasUp, OldPrimarySilent, runningReplica), "failover", ""},
-		{"a more advanced replica is the better candidate", leaderN2(fsmState("n1", false), gossipOf(map[string]string{"n2": "streaming", "n3": "streaming"}, withLSN(map[string]uint64{"n3": 2000})), OldPrimaryDown, runningReplica), "transfer-leadership,run-replica", "n3 is the best"},
-		{"failover priority beats WAL position", leaderN2(fsmState("n1", false), gossipOf(map[string]string{"n2": "streaming", "n3": "streaming"}, withLSN(map[string]uint64{"n3": 500}), withPriority(map[string]int{"n3": 5})), OldPrimaryDown, runningReplica), "transfer-leadership,run-replica", "n3 is the best"},
+		{"a non-voter is not a candidate", func() Input {
+			in := leaderN2(fsmState("n1", false), gossipOf(map[string]string{"n2": "streaming", "n3": "streaming"}, withLSN(map[string]uint64{"n3": 2000})), OldPrimarySilent, runningReplica)
+			in.Voters = map[string]bool{"n1": true, "n2": true}
+			return in
+		}(), "failover", ""},
+		{"unreadable data directory: wait", Input{Self: "n2", State: fsmState("n1", false), PG: LocalPG{Data: DataUnknown}}, "wait", "cannot read"},
+		{"a more advanced replica is the better candidate", leaderN2(fsmState("n1", false), gossipOf(map[string]string{"n2": "streaming", "n3": "streaming"}, withLSN(map[string]uint64{"n3": 2000})), OldPrimarySilent, runningReplica), "transfer-leadership,run-replica", "n3 is the best"},
+		{"failover priority beats WAL position", leaderN2(fsmState("n1", false), gossipOf(map[string]string{"n2": "streaming", "n3": "streaming"}, withLSN(map[string]uint64{"n3": 500}), withPriority(map[string]int{"n3": 5})), OldPrimarySilent, runningReplica), "transfer-leadership,run-replica", "n3 is the best"},
 		{"nofailover leader hands over to an eligible replica", func() Input {
-			in := leaderN2(fsmState("n1", false), replicasUp, OldPrimaryDown, runningReplica)
+			in := leaderN2(fsmState("n1", false), replicasUp, OldPrimarySilent, runningReplica)
 			in.Tags.NoFailover = true
 			return in
 		}(), "transfer-leadership,run-replica", "n3"},
-		{"nobody within maximum_lag_on_failover: no promotion, with the reason", leaderN2(lagging, replicasUp, OldPrimaryDown, runningReplica), "wait,run-replica", "bytes behind"},
-		{"paused: no failover", leaderN2(paused, replicasUp, OldPrimaryDown, runningReplica), "wait,run-replica", "maintenance"},
-		{"stopped replicas are not candidates", leaderN2(fsmState("n1", false), gossipOf(map[string]string{"n3": "stopped"}), OldPrimaryDown, stopped), "wait,run-replica", "no running replica"},
+		{"nobody within maximum_lag_on_failover: no promotion, with the reason", leaderN2(lagging, replicasUp, OldPrimarySilent, runningReplica), "wait,run-replica", "bytes behind"},
+		{"paused: no failover", leaderN2(paused, replicasUp, OldPrimarySilent, runningReplica), "wait,run-replica", "maintenance"},
+		{"stopped replicas are not candidates", leaderN2(fsmState("n1", false), gossipOf(map[string]string{"n3": "stopped"}), OldPrimarySilent, stopped), "wait,run-replica", "no running replica"},
 
 		// Safety against foreign data.
 		{"foreign data directory refused", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: LocalPG{Data: DataValid, SysID: 42}}, "refuse", "another cluster"},
@@ -155,7 +161,7 @@ func TestDecide(t *testing.T) {
 
 		// Witness.
 		{"witness leader hands leadership to the live primary", Input{Self: "w", Witness: true, Leader: true, Now: now, State: fsmState("n1", false), Gossip: allUp, OldPrimary: OldPrimaryAlive}, "transfer-leadership", ""},
-		{"witness leader hands leadership to the best candidate", Input{Self: "w", Witness: true, Leader: true, Now: now, State: fsmState("n1", false), Gossip: replicasUp, OldPrimary: OldPrimaryDown}, "transfer-leadership", "n2 is the best"},
+		{"witness leader hands leadership to the best candidate", Input{Self: "w", Witness: true, Leader: true, Now: now, State: fsmState("n1", false), Gossip: replicasUp, OldPrimary: OldPrimarySilent}, "transfer-leadership", "n2 is the best"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

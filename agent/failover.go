@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"syscall"
 	"time"
 
 	"github.com/pgha/pgha/api"
@@ -17,22 +16,26 @@ import (
 // Fencing and promotion timing. The numbers fit together like this:
 //
 //   - The primary's agent confirms its Raft leadership with a quorum
-//     (VerifyLeader) every fenceTick. When no confirmation succeeded for
-//     fenceBudget, or Raft says it lost leadership, it stops PostgreSQL
-//     with SIGQUIT (immediate shutdown, tens of milliseconds).
+//     (VerifyLeader) every fenceTick. A confirmation counts from the
+//     moment it was asked for, not when the answer arrived, so a slow or
+//     resumed process never stretches it. When no confirmation succeeded
+//     for fenceBudget, or Raft says it lost leadership, it fences: SIGQUIT
+//     to PostgreSQL's whole process group, SIGKILL after fenceGrace.
 //   - A new leader is elected no sooner than heartbeat_timeout after a
-//     quorum last heard the old one, so the old primary's last successful
-//     confirmation V is at most the election time E minus
-//     heartbeat_timeout. The old primary is fenced by V + fenceBudget +
-//     fenceTick + stop time.
-//   - The new leader therefore waits until E + fenceBudget + fenceTick +
-//     fenceMargin - heartbeat_timeout before it promotes, unless it knows
-//     the old primary's agent is gone (connection refused: its
-//     PostgreSQL died with it through the parent-death signal).
+//     quorum last heard the old one (followers refuse votes while they
+//     know a leader), so the old primary's last successful confirmation V
+//     is at most the election time E minus heartbeat_timeout, and the old
+//     primary has stopped by V + fenceBudget + fenceTick + fenceGrace.
+//   - The new leader therefore promotes no sooner than E + fenceBudget +
+//     fenceTick + fenceGrace + fenceMargin - heartbeat_timeout (0.5 s with
+//     the defaults). Nothing the network says can shorten that wait: a
+//     refused connection looks the same from a dead node and from behind a
+//     rejecting firewall.
 const (
 	fenceTick   = 100 * time.Millisecond
-	fenceBudget = 1500 * time.Millisecond
-	fenceMargin = 300 * time.Millisecond
+	fenceBudget = 1000 * time.Millisecond
+	fenceGrace  = 150 * time.Millisecond
+	fenceMargin = 250 * time.Millisecond
 	// askTimeout bounds the leader's question to the old primary's agent.
 	askTimeout = 300 * time.Millisecond
 )
@@ -44,7 +47,7 @@ func (a *Agent) promoteNotBefore() time.Time {
 	if since.IsZero() {
 		return time.Time{}
 	}
-	wait := fenceBudget + fenceTick + fenceMargin - a.cfg.Raft.HeartbeatTimeout.Duration
+	wait := fenceBudget + fenceTick + fenceGrace + fenceMargin - a.cfg.Raft.HeartbeatTimeout.Duration
 	if wait < 0 {
 		wait = 0
 	}
@@ -52,7 +55,7 @@ func (a *Agent) promoteNotBefore() time.Time {
 }
 
 // askPrimary asks the recorded primary's agent, through its REST API,
-// whether it is alive. Refused means its process is gone.
+// whether it is alive. Only an answer from that very member counts.
 func (a *Agent) askPrimary(ctx context.Context, st raftfsm.State) OldPrimary {
 	m, ok := st.Members[st.Primary.Member]
 	if !ok || m.APIAddr == "" {
@@ -60,66 +63,109 @@ func (a *Agent) askPrimary(ctx context.Context, st raftfsm.State) OldPrimary {
 	}
 	ctx, cancel := context.WithTimeout(ctx, askTimeout)
 	defer cancel()
-	_, _, err := api.NewClient(m.APIAddr).Health(ctx)
-	switch {
-	case err == nil:
+	h, _, err := api.NewClient(m.APIAddr).Health(ctx)
+	if err == nil && h.Name == st.Primary.Member {
 		return OldPrimaryAlive
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return OldPrimaryDown
-	default:
-		return OldPrimarySilent
 	}
+	return OldPrimarySilent
 }
 
-// fence stops PostgreSQL at once (immediate shutdown): it must not take
-// another write.
+// fence stops PostgreSQL at once: it must not take another write. Until
+// a leadership confirmation asked for after this moment succeeds, the
+// node does not act as leader (see isLeader), so a stalled leader cannot
+// restart what it just fenced.
 func (a *Agent) fence(reason string) error {
+	a.fencedAt.Store(time.Now().UnixNano())
+	a.primaryUp.Store(false)
 	if !a.pg.Running() {
 		return nil
 	}
 	a.log.Error("fencing: stopping PostgreSQL immediately", "reason", reason)
-	a.primaryUp.Store(false)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return a.pg.Stop(ctx, pgnode.StopImmediate)
+	return a.pg.Fence(fenceGrace)
 }
 
 // fenceLoop is the primary's dead-man switch, independent of the HA loop
 // (which may be busy cloning or waiting): while PostgreSQL runs as
 // primary, leadership must be confirmed by a quorum at least every
-// fenceBudget, or PostgreSQL is stopped. Staleness is checked before
+// fenceBudget, or PostgreSQL is fenced. Staleness is checked before
 // anything else, so a process resumed after a freeze (SIGSTOP, a VM
-// pause) fences on its first tick.
+// pause) fences on its first tick. A leader whose confirmations fail while
+// Raft still calls it leader (a stalled Raft loop, a disk that hangs)
+// hands leadership away so that another node can take over.
 func (a *Agent) fenceLoop(ctx context.Context) {
 	t := time.NewTicker(fenceTick)
 	defer t.Stop()
 	lastOK := time.Now()
+	var verifying chan verifyResult
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.lostLeadership:
 		case <-t.C:
+		case r := <-verifying:
+			verifying = nil
+			if r.err == nil {
+				lastOK = r.asked
+				a.confirmedAt.Store(r.asked.UnixNano())
+			}
+			continue
 		}
 		now := time.Now()
-		if !a.primaryUp.Load() {
+		guarding := a.primaryUp.Load()
+		if !guarding {
 			lastOK = now
-			continue
+		} else {
+			if now.Sub(lastOK) > fenceBudget {
+				_ = a.fence(fmt.Sprintf("Raft leadership not confirmed for %s", now.Sub(lastOK).Round(time.Millisecond)))
+				if a.raft.IsLeader() {
+					a.stepDown("leadership could not be confirmed with a quorum")
+				}
+				a.poke()
+				continue
+			}
+			if !a.raft.IsLeader() {
+				_ = a.fence("lost Raft leadership")
+				a.poke()
+				continue
+			}
 		}
-		if now.Sub(lastOK) > fenceBudget {
-			_ = a.fence(fmt.Sprintf("Raft leadership not confirmed for %s", now.Sub(lastOK).Round(time.Millisecond)))
-			a.poke()
-			continue
-		}
-		if !a.raft.IsLeader() {
-			_ = a.fence("lost Raft leadership")
-			a.poke()
-			continue
-		}
-		if err := a.raft.VerifyLeader(fenceBudget / 2); err == nil {
-			lastOK = time.Now()
+		// Confirm leadership while guarding a primary, and while the latch
+		// of an earlier fence is set (the HA loop waits for it).
+		latched := a.fencedAt.Load() > a.confirmedAt.Load()
+		if verifying == nil && a.raft.IsLeader() && (guarding || latched) {
+			verifying = make(chan verifyResult, 1)
+			go a.verify(verifying)
 		}
 	}
+}
+
+type verifyResult struct {
+	asked time.Time
+	err   error
+}
+
+// verify asks Raft to confirm leadership; the result goes to ch (buffered,
+// so this goroutine ends even if nobody reads it any more). Raft answers
+// every future, at the latest when it shuts down.
+func (a *Agent) verify(ch chan<- verifyResult) {
+	asked := time.Now()
+	err := a.raft.VerifyLeader(fenceBudget)
+	ch <- verifyResult{asked: asked, err: err}
+}
+
+// stepDown hands Raft leadership to any other voter, in the background.
+func (a *Agent) stepDown(reason string) {
+	if !a.steppingDown.CompareAndSwap(false, true) {
+		return
+	}
+	a.log.Error("stepping down as Raft leader", "reason", reason)
+	go func() {
+		defer a.steppingDown.Store(false)
+		if err := a.raft.StepDown(5 * time.Second); err != nil {
+			a.log.Error("step down", "err", err)
+		}
+	}()
 }
 
 // promote turns the local standby into the primary. The primary record
@@ -147,11 +193,13 @@ func (a *Agent) promote(ctx context.Context, in Input, lastSeen time.Time) error
 	// included, so that in synchronous mode the very first commit after
 	// the promotion waits for the synchronous set (the remaining members
 	// of the old one, which are the only ones promotion trusted).
+	// (A standby without upstream: standby.signal stays, PostgreSQL
+	// removes it itself when it promotes.)
 	st := a.raft.FSM().State()
 	a.syncAdding = nil
 	a.applyDynamic(st, true)
-	if _, _, err := a.pg.WriteConfig(pgnode.RolePrimary, nil); err != nil {
-		return fmt.Errorf("write primary config before promotion: %w", err)
+	if _, _, err := a.pg.WriteConfig(pgnode.RoleReplica, nil); err != nil {
+		return fmt.Errorf("write config before promotion: %w", err)
 	}
 	if err := a.pg.Reload(ctx); err != nil {
 		return fmt.Errorf("reload before promotion: %w", err)
@@ -168,6 +216,9 @@ func (a *Agent) promote(ctx context.Context, in Input, lastSeen time.Time) error
 	}
 	now := time.Now().UTC()
 	a.log.Info("promoted: this node is the primary", "timeline", tl, "epoch", in.State.Primary.Epoch)
+	if _, _, err := a.pg.WriteConfig(pgnode.RolePrimary, nil); err != nil {
+		a.log.Warn("write primary config after promotion", "err", err)
+	}
 	a.lastSlots = time.Time{}
 	if err := a.raft.Apply(raftfsm.Promoted{Member: a.cfg.Name, Epoch: in.State.Primary.Epoch, Timeline: tl, At: now}, applyTimeout); err != nil {
 		a.log.Warn("record promotion", "err", err)

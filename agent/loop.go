@@ -28,17 +28,26 @@ const bootstrapSettle = 300 * time.Millisecond
 func (a *Agent) haLoop(ctx context.Context) {
 	t := time.NewTicker(loopInterval)
 	defer t.Stop()
+	// A crashed postmaster's exit channel stays closed until the next
+	// start: remember the one that fired so it wakes the loop only once.
+	var fired <-chan struct{}
 	for {
-		if a.leaving.Load() {
-			return
+		// While a graceful leave runs, the loop stands still (and goes on
+		// if the leave fails).
+		if !a.leaving.Load() {
+			a.round(ctx)
 		}
-		a.round(ctx)
+		exited := a.pg.Exited()
+		if exited == fired {
+			exited = nil
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-a.wake:
-		case <-a.pg.Exited():
+		case <-exited:
+			fired = exited
 			a.log.Warn("postgres exited")
 		}
 	}
@@ -87,6 +96,14 @@ func (a *Agent) round(ctx context.Context) {
 	if leader && st.Primary != nil && st.Primary.Member != a.cfg.Name {
 		in.OldPrimary = a.askPrimary(ctx, st)
 	}
+	if servers, err := a.raft.Servers(); err == nil {
+		in.Voters = map[string]bool{}
+		for _, s := range servers {
+			if s.Suffrage == raft.Voter {
+				in.Voters[string(s.ID)] = true
+			}
+		}
+	}
 	a.applyDynamic(st, st.IsPrimary(a.cfg.Name))
 	var waiting, failure string
 	for _, act := range Decide(in) {
@@ -133,6 +150,7 @@ func (a *Agent) probe(ctx context.Context) LocalPG {
 	ds, err := a.pg.DataState()
 	if err != nil {
 		a.log.Warn("read data directory", "err", err)
+		l.Running = a.pg.Running()
 		return l
 	}
 	switch ds {
@@ -143,19 +161,21 @@ func (a *Agent) probe(ctx context.Context) LocalPG {
 	case pgnode.DataInvalid:
 		l.Data = DataInvalid
 	}
-	if l.Data == DataValid {
-		if sid := a.Status().SysID; sid != 0 {
-			l.SysID = sid
-		} else if sid, err := a.pg.SystemID(ctx); err == nil {
-			l.SysID = sid
-		}
-	}
 	l.Running = a.pg.Running()
-	if !l.Running && l.Data == DataValid {
-		if cd, err := a.pg.ControlData(ctx); err == nil {
-			l.WasPrimary, l.CtlTimeline = cd.WasPrimary(), cd.Timeline
+	if l.Data == DataValid {
+		// While PostgreSQL is stopped the data directory may change under
+		// us (an operator swapping it): read pg_control every round then.
+		// While it runs, the directory is the one it runs on.
+		if sid := a.Status().SysID; sid != 0 && l.Running {
+			l.SysID = sid
+		} else if cd, err := a.pg.ControlData(ctx); err == nil {
+			l.SysID = cd.SystemID
+			if !l.Running {
+				l.WasPrimary, l.CtlTimeline = cd.WasPrimary(), cd.Timeline
+			}
 		} else {
 			a.log.Warn("pg_controldata", "err", err)
+			l.Data = DataUnknown
 		}
 	}
 	if l.Running {
@@ -262,9 +282,7 @@ func (a *Agent) beat(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		m := a.gossip.LocalMeta()
-		m.At = time.Now().UnixMilli()
-		if err := a.gossip.SetMeta(m); err != nil {
+		if err := a.gossip.Touch(time.Now().UnixMilli()); err != nil {
 			a.log.Debug("republish status", "err", err)
 		}
 	}

@@ -248,9 +248,18 @@ func (a *Agent) Failover(ctx context.Context, req api.SwitchoverRequest) (api.Sw
 	if err := a.checkCandidate(st, req.Candidate, req.Force); err != nil {
 		return res, err
 	}
+	if nb := a.promoteNotBefore(); time.Now().Before(nb) {
+		return res, api.Errorf(http.StatusConflict, "this node became leader moments ago: the old primary may still be fencing itself; retry in %s", time.Until(nb).Round(100*time.Millisecond))
+	}
 	a.actionMu.Lock()
+	// Look again under the lock: the HA loop may have acted meanwhile.
+	st = a.raft.FSM().State()
 	if st.Primary.Member == a.cfg.Name {
-		a.primaryUp.Store(false)
+		// Our own PostgreSQL must not take writes once the record moves.
+		if err := a.fence("manual failover to " + req.Candidate); err != nil {
+			a.actionMu.Unlock()
+			return res, fmt.Errorf("fence the local primary: %w", err)
+		}
 	}
 	err := a.raft.Apply(raftfsm.SetPrimary{
 		Member: req.Candidate, ExpectEpoch: st.Primary.Epoch, Timeline: st.Primary.Timeline,

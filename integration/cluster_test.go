@@ -337,7 +337,7 @@ func (c *Cluster) WaitHealthy(timeout time.Duration, names ...string) api.Cluste
 			switch {
 			case m.Role == "leader" && m.State == "running":
 				primaries++
-			case m.Role == "replica" && m.State == "streaming":
+			case (m.Role == "replica" || m.Role == "sync_standby") && m.State == "streaming":
 			default:
 				return fmt.Errorf("%s is %s/%s (%s%s)", n, m.Role, m.State, m.Waiting, m.Error)
 			}

@@ -282,6 +282,24 @@ func (g *Gossip) SetMeta(m Meta) error {
 	return nil
 }
 
+// Touch republishes the current metadata with a new timestamp (unix ms),
+// atomically with respect to SetMeta, so a heartbeat never overwrites a
+// newer status with an older one.
+func (g *Gossip) Touch(at int64) error {
+	g.meta.mu.Lock()
+	m := g.meta.meta
+	g.meta.mu.Unlock()
+	m.At = at
+	changed, err := g.meta.setIf(m, func(cur Meta) bool { return cur.At < at })
+	if err != nil || !changed {
+		return err
+	}
+	if err := g.ml.UpdateNode(time.Second); err != nil {
+		return fmt.Errorf("gossip update: %w", err)
+	}
+	return nil
+}
+
 // LocalMeta returns the metadata this node publishes.
 func (g *Gossip) LocalMeta() Meta { return g.meta.get() }
 
@@ -332,12 +350,27 @@ type metaDelegate struct {
 // set stores m and reports whether the encoded form changed. Metadata
 // that cannot be encoded is refused and the old value kept.
 func (d *metaDelegate) set(m Meta) (bool, error) {
+	return d.setIf(m, nil)
+}
+
+// setIf is set, applied only when ok (if given) approves the current
+// value; checked under the same lock as the write.
+func (d *metaDelegate) setIf(m Meta, ok func(cur Meta) bool) (bool, error) {
 	b, err := EncodeMeta(m)
 	if err != nil {
 		return false, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if ok != nil {
+		// Only the timestamp may move: anything else changed meanwhile
+		// means a newer status was published; keep it.
+		cur := d.meta
+		cur.At = m.At
+		if cur != m || !ok(d.meta) {
+			return false, nil
+		}
+	}
 	d.meta = m
 	if string(b) == string(d.raw) {
 		return false, nil

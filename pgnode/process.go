@@ -509,3 +509,36 @@ func (n *Node) Close() error {
 	}
 	return nil
 }
+
+// Fence makes PostgreSQL stop taking writes as fast as the kernel allows:
+// SIGQUIT (immediate shutdown) to the whole process group, so backends
+// stop even when the postmaster itself is frozen or starved, then SIGKILL
+// to the group if anything is still alive after grace. It does not wait
+// for a Stop in progress (it is the emergency path) and is safe to call
+// concurrently with one.
+func (n *Node) Fence(grace time.Duration) error {
+	pm := n.current()
+	if pm == nil || pm.exited() {
+		return nil
+	}
+	pm.stopping.Store(true)
+	n.log.Warn("fencing postgres: immediate shutdown of its process group", "pid", pm.pid)
+	if err := syscall.Kill(-pm.pid, syscall.SIGQUIT); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("fence: %w", err)
+	}
+	select {
+	case <-pm.done:
+		return nil
+	case <-time.After(grace):
+	}
+	n.log.Error("postgres still running after SIGQUIT; killing its process group", "pid", pm.pid)
+	if err := syscall.Kill(-pm.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("fence: kill: %w", err)
+	}
+	select {
+	case <-pm.done:
+		return nil
+	case <-time.After(escalateWait):
+		return fmt.Errorf("fence: postgres (pid %d) still running after SIGKILL", pm.pid)
+	}
+}

@@ -236,9 +236,10 @@ func (n *Node) Barrier(timeout time.Duration) error {
 
 // VerifyLeader confirms with a quorum that this node is still leader.
 func (n *Node) VerifyLeader(timeout time.Duration) error {
-	f := n.raft.VerifyLeader()
 	done := make(chan error, 1)
-	go func() { done <- f.Error() }()
+	// Asking can itself block when Raft's main loop is stalled: ask from
+	// the goroutine too, so the caller's timeout always holds.
+	go func() { done <- n.raft.VerifyLeader().Error() }()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -316,6 +317,20 @@ func (n *Node) TransferLeadership(id, addr string, timeout time.Duration) error 
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("leadership transfer to %s: no new leader within %s", id, timeout)
+}
+
+// StepDown hands leadership to another voter (Raft picks the most up to
+// date) and waits for the transfer to finish.
+func (n *Node) StepDown(timeout time.Duration) error {
+	f := n.raft.LeadershipTransfer()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(timeout):
+		return fmt.Errorf("leadership transfer: no answer within %s", timeout)
+	}
 }
 
 // Close shuts Raft down, then the transport and the store.

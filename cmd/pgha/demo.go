@@ -356,7 +356,7 @@ func demoProgress(ci api.ClusterInfo, n int) (bool, string) {
 		if m.Role == "leader" && m.State == "running" {
 			primaries++
 		}
-		if m.Role == "replica" && m.State == "streaming" {
+		if (m.Role == "replica" || m.Role == "sync_standby") && m.State == "streaming" {
 			streaming++
 		}
 	}
