@@ -138,9 +138,12 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 		StartTimeout:       cfg.PostgreSQL.StartTimeout.Duration,
 		Logger:             logger.With("component", "postgres"),
 	}
-	pg, err := pgnode.New(pgCfg)
-	if err != nil {
-		return nil, err
+	var pg *pgnode.Node
+	if !cfg.Witness {
+		var err error
+		if pg, err = pgnode.New(pgCfg); err != nil {
+			return nil, err
+		}
 	}
 	a.pg = pg
 
@@ -157,7 +160,7 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 		LogLevel:           raftLogLevel(cfg.LogLevel),
 	})
 	if err != nil {
-		pg.Close()
+		a.closePG()
 		return nil, err
 	}
 	a.raft = rn
@@ -172,7 +175,7 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 	}, a.baseMeta())
 	if err != nil {
 		rn.Close()
-		pg.Close()
+		a.closePG()
 		return nil, err
 	}
 	a.gossip = g
@@ -181,7 +184,7 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 	if err != nil {
 		g.Close()
 		rn.Close()
-		pg.Close()
+		a.closePG()
 		return nil, err
 	}
 	a.api = srv
@@ -247,12 +250,14 @@ func (a *Agent) spawn(f func()) {
 func (a *Agent) close() error {
 	a.wg.Wait()
 	var errs []error
-	stopCtx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := a.pg.Stop(stopCtx, pgnode.StopFast); err != nil {
-		errs = append(errs, err)
+	if a.pg != nil {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := a.pg.Stop(stopCtx, pgnode.StopFast); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	if err := a.pg.Close(); err != nil {
+	if err := a.closePG(); err != nil {
 		errs = append(errs, err)
 	}
 	if !a.leaving.Load() {
@@ -368,10 +373,19 @@ func (a *Agent) baseMeta() membership.Meta {
 		API:      advertiseOr(c.API.Advertise, c.API.Addr),
 		PG:       c.PostgreSQL.ConnectAddress,
 		Expect:   c.BootstrapExpect,
+		Witness:  c.Witness,
 		NoFail:   c.Tags.NoFailover,
 		NoLB:     c.Tags.NoLoadBalance,
 		Priority: c.Tags.FailoverPriority,
 	}
+}
+
+// closePG closes pgnode (a witness has none).
+func (a *Agent) closePG() error {
+	if a.pg == nil {
+		return nil
+	}
+	return a.pg.Close()
 }
 
 func advertiseOr(adv, addr string) string {

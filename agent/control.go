@@ -165,7 +165,8 @@ func (a *Agent) Health() (bool, api.HealthInfo) {
 	if s.WAL != 0 {
 		h.WAL = pgnode.FormatLSN(s.WAL)
 	}
-	return s.PGRunning, h
+	// A witness has no PostgreSQL: it is healthy while its agent runs.
+	return s.PGRunning || a.cfg.Witness, h
 }
 
 // LeaderAPI returns the API address of the Raft leader.
@@ -289,10 +290,12 @@ func (a *Agent) Leave(ctx context.Context) error {
 		return err
 	}
 	a.left.Store(true)
-	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-	defer scancel()
-	if err := a.pg.Stop(sctx, pgnode.StopFast); err != nil {
-		a.log.Warn("stop PostgreSQL", "err", err)
+	if a.pg != nil {
+		sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+		defer scancel()
+		if err := a.pg.Stop(sctx, pgnode.StopFast); err != nil {
+			a.log.Warn("stop PostgreSQL", "err", err)
+		}
 	}
 	if err := a.gossip.Leave(2 * time.Second); err != nil {
 		a.log.Warn("leave gossip", "err", err)

@@ -365,8 +365,24 @@ func bestCandidate(in Input) (string, string) {
 }
 
 func decideWitness(in Input) []Action {
-	if !in.Leader || in.State.Primary == nil {
+	if !in.Leader {
 		return []Action{{Kind: ActWait, Reason: "witness: no PostgreSQL"}}
+	}
+	st := in.State
+	if st.Primary == nil {
+		// A witness cannot initialise the cluster: hand leadership to a
+		// database node (the smallest live voter name, as all rank alike).
+		var names []string
+		for name, g := range in.Gossip {
+			if name != in.Self && g.Alive && g.MetaOK && !g.Meta.Witness && g.Meta.HasRaft && (in.Voters == nil || in.Voters[name]) {
+				names = append(names, name)
+			}
+		}
+		if len(names) == 0 {
+			return []Action{{Kind: ActWait, Reason: "witness leads until a database node can take over"}}
+		}
+		sort.Strings(names)
+		return []Action{{Kind: ActTransferLeadership, Target: names[0], Reason: "a witness never initialises the cluster"}}
 	}
 	acts := leaderActions(in)
 	for i, a := range acts {

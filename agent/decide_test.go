@@ -161,6 +161,7 @@ func TestDecide(t *testing.T) {
 
 		// Witness.
 		{"witness leader hands leadership to the live primary", Input{Self: "w", Witness: true, Leader: true, Now: now, State: fsmState("n1", false), Gossip: allUp, OldPrimary: OldPrimaryAlive}, "transfer-leadership", ""},
+		{"witness leader of a new cluster hands leadership to a database node", Input{Self: "w", Witness: true, Leader: true, Now: now, State: fsmState("", false), Gossip: replicasUp}, "transfer-leadership", "never initialises"},
 		{"witness leader hands leadership to the best candidate", Input{Self: "w", Witness: true, Leader: true, Now: now, State: fsmState("n1", false), Gossip: replicasUp, OldPrimary: OldPrimarySilent}, "transfer-leadership", "n2 is the best"},
 	}
 	for _, c := range cases {

@@ -212,6 +212,9 @@ func paramValue(raw json.RawMessage) (string, error) {
 // loop so it does not react to the stop. On the primary this is a brief
 // write outage without a failover.
 func (a *Agent) Restart(ctx context.Context) error {
+	if a.pg == nil {
+		return api.Errorf(http.StatusConflict, "%s is a witness: no PostgreSQL", a.cfg.Name)
+	}
 	a.actionMu.Lock()
 	defer a.actionMu.Unlock()
 	if !a.pg.Running() {
@@ -239,6 +242,9 @@ func (a *Agent) Restart(ctx context.Context) error {
 
 // Reload rewrites the managed configuration and reloads PostgreSQL.
 func (a *Agent) Reload(ctx context.Context) error {
+	if a.pg == nil {
+		return api.Errorf(http.StatusConflict, "%s is a witness: no PostgreSQL", a.cfg.Name)
+	}
 	a.actionMu.Lock()
 	defer a.actionMu.Unlock()
 	if !a.pg.Running() {

@@ -77,7 +77,7 @@ func (a *Agent) askPrimary(ctx context.Context, st raftfsm.State) OldPrimary {
 func (a *Agent) fence(reason string) error {
 	a.fencedAt.Store(time.Now().UnixNano())
 	a.primaryUp.Store(false)
-	if !a.pg.Running() {
+	if a.pg == nil || !a.pg.Running() {
 		return nil
 	}
 	a.log.Error("fencing: stopping PostgreSQL immediately", "reason", reason)

@@ -37,7 +37,10 @@ func (a *Agent) haLoop(ctx context.Context) {
 		if !a.leaving.Load() {
 			a.round(ctx)
 		}
-		exited := a.pg.Exited()
+		var exited <-chan struct{}
+		if a.pg != nil {
+			exited = a.pg.Exited()
+		}
 		if exited == fired {
 			exited = nil
 		}
@@ -85,6 +88,7 @@ func (a *Agent) round(ctx context.Context) {
 	st := a.raft.FSM().State()
 	in := Input{
 		Self:             a.cfg.Name,
+		Witness:          a.cfg.Witness,
 		Tags:             Tags{NoFailover: a.cfg.Tags.NoFailover, Priority: a.cfg.Tags.FailoverPriority},
 		Leader:           leader,
 		Now:              time.Now(),
@@ -147,6 +151,9 @@ func (a *Agent) noteProblem(waiting, failure string) {
 // it runs, one status query.
 func (a *Agent) probe(ctx context.Context) LocalPG {
 	var l LocalPG
+	if a.pg == nil {
+		return LocalPG{Data: DataEmpty} // a witness
+	}
 	ds, err := a.pg.DataState()
 	if err != nil {
 		a.log.Warn("read data directory", "err", err)
@@ -216,6 +223,8 @@ func (a *Agent) probe(ctx context.Context) LocalPG {
 func (a *Agent) publish(l LocalPG, waiting string) {
 	role, state := "", "stopped"
 	switch {
+	case a.cfg.Witness:
+		role, state = "witness", "witness"
 	case l.Running && !l.InRecovery:
 		role, state = "primary", "running"
 	case l.Running && l.Streaming:

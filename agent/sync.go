@@ -67,6 +67,9 @@ func syncNamesFor(cfg raftfsm.DynamicConfig, set []string, adding string) string
 // synchronous mode, the managed synchronous_standby_names to pgnode. The
 // next WriteConfig writes them.
 func (a *Agent) applyDynamic(st raftfsm.State, primary bool) {
+	if a.pg == nil {
+		return
+	}
 	var names *string
 	if st.Config.SynchronousMode && primary {
 		adding := ""

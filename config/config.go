@@ -25,6 +25,10 @@ type Config struct {
 	// BootstrapExpect is the number of nodes that form a new cluster
 	// together. 0 means "never bootstrap; join an existing cluster".
 	BootstrapExpect int `yaml:"bootstrap_expect"`
+	// Witness makes this node a Raft voter without PostgreSQL: two
+	// database nodes plus a witness keep a majority when one node is lost.
+	// A witness never becomes primary; it runs the proxy like any node.
+	Witness bool `yaml:"witness"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
 	// LogFormat is text or json.

@@ -517,6 +517,7 @@ func TestKeys(t *testing.T) {
 		"postgresql.superuser.password": "PGHA_POSTGRESQL_SUPERUSER_PASSWORD",
 		"gossip.join":                   "PGHA_GOSSIP_JOIN",
 		"bootstrap_expect":              "PGHA_BOOTSTRAP_EXPECT",
+		"witness":                       "PGHA_WITNESS",
 		"postgresql.parameters":         "PGHA_POSTGRESQL_PARAMETERS",
 	} {
 		if byKey[key].Env != env {
@@ -536,7 +537,7 @@ func TestKeys(t *testing.T) {
 		t.Error("sections must not be listed as keys")
 	}
 	// Every key can be set through the environment.
-	if n := len(byKey); n != 37 {
+	if n := len(byKey); n != 38 {
 		t.Errorf("got %d keys; update this count when adding settings", n)
 	}
 }

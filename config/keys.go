@@ -72,6 +72,7 @@ var help = map[string]string{
 	"cluster":          "cluster name; gossip from other clusters is refused",
 	"data_dir":         "directory for Raft state, PostgreSQL data (pgdata/) and logs",
 	"bootstrap_expect": "number of nodes that bootstrap a new cluster together; 0 = only join",
+	"witness":          "Raft voter without PostgreSQL (never primary)",
 	"log_level":        "log level: debug, info, warn or error",
 	"log_format":       "log format: text or json",
 

@@ -106,6 +106,9 @@ func TestNoFalseFailoverUnderLoad(t *testing.T) {
 
 	out, err := loadPgbench(t, primary, 2*time.Minute, "-c", "4", "-j", "2", "-T", "60", "-P", "10")
 	loadDur := time.Since(loadStart)
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		t.Logf("load average at the end of the load: %s", strings.TrimSpace(string(la)))
+	}
 	loadStopBurners(burners)
 	close(stopWatch)
 	<-watchDone
