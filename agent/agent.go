@@ -58,10 +58,12 @@ type Agent struct {
 	// fencedAt and confirmedAt (unix ns): after a fence, the node does
 	// not act as leader until a leadership confirmation asked for after
 	// the fence succeeded.
-	fencedAt       atomic.Int64
-	confirmedAt    atomic.Int64
-	steppingDown   atomic.Bool
-	lostLeadership chan struct{} // poked when Raft leadership is lost
+	fencedAt     atomic.Int64
+	confirmedAt  atomic.Int64
+	steppingDown atomic.Bool
+	// scheduledRunning: a scheduled switchover is being carried out.
+	scheduledRunning atomic.Bool
+	lostLeadership   chan struct{} // poked when Raft leadership is lost
 	// actionMu is held by each HA loop round and by a switchover, which
 	// must own PostgreSQL while it runs.
 	actionMu sync.Mutex

@@ -39,6 +39,9 @@ func (a *Agent) Cluster() api.ClusterInfo {
 	if st.PrimaryLSN != nil {
 		ci.PrimaryLSN = pgnode.FormatLSN(st.PrimaryLSN.LSN)
 	}
+	if sc := st.Scheduled; sc != nil {
+		ci.ScheduledSwitchover = &api.ScheduledInfo{At: sc.At, From: sc.From, Candidate: sc.Candidate}
+	}
 	suffrage := map[string]string{}
 	if servers, err := a.raft.Servers(); err == nil {
 		for _, s := range servers {

@@ -109,6 +109,9 @@ func (a *Agent) round(ctx context.Context) {
 		}
 	}
 	a.applyDynamic(st, st.IsPrimary(a.cfg.Name))
+	if leader && st.IsPrimary(a.cfg.Name) && st.Scheduled != nil && !st.Paused {
+		a.runScheduled(ctx, st)
+	}
 	var waiting, failure string
 	for _, act := range Decide(in) {
 		switch act.Kind {

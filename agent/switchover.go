@@ -77,6 +77,9 @@ func (a *Agent) Switchover(ctx context.Context, req api.SwitchoverRequest) (api.
 	if st.Primary.Member != a.cfg.Name {
 		return res, api.Errorf(http.StatusConflict, "primary %s does not lead the cluster right now; use pgha failover", st.Primary.Member)
 	}
+	if req.ScheduledAt != "" {
+		return a.scheduleSwitchover(st, req)
+	}
 	cand := req.Candidate
 	if cand == "" {
 		in := Input{Self: a.cfg.Name, State: st, Gossip: a.gossipByName(), Tags: Tags{NoFailover: true}}
@@ -308,4 +311,74 @@ func (a *Agent) History() []api.HistoryEntry {
 		out = append(out, e)
 	}
 	return out
+}
+
+// scheduleSwitchover records a planned switchover in the FSM; the leader
+// runs it when it is due (see runScheduled).
+func (a *Agent) scheduleSwitchover(st raftfsm.State, req api.SwitchoverRequest) (api.SwitchoverResult, error) {
+	var res api.SwitchoverResult
+	at, err := time.Parse(time.RFC3339, req.ScheduledAt)
+	if err != nil {
+		return res, api.Errorf(http.StatusBadRequest, "scheduled_at %q: want RFC 3339", req.ScheduledAt)
+	}
+	if !at.After(time.Now()) {
+		return res, api.Errorf(http.StatusBadRequest, "scheduled_at %s is not in the future", at.Format(time.RFC3339))
+	}
+	if req.Candidate != "" {
+		if _, ok := st.Members[req.Candidate]; !ok || req.Candidate == st.Primary.Member {
+			return res, api.Errorf(http.StatusBadRequest, "candidate %q is not a replica member", req.Candidate)
+		}
+	}
+	sc := &raftfsm.ScheduledSwitchover{At: at.UTC(), From: st.Primary.Member, Candidate: req.Candidate, Force: req.Force}
+	if err := a.raft.Apply(raftfsm.Schedule{Switchover: sc}, applyTimeout); err != nil {
+		return res, errStatus(err)
+	}
+	a.log.Info("switchover scheduled", "at", sc.At, "candidate", sc.Candidate)
+	res.Old, res.New, res.Epoch = st.Primary.Member, req.Candidate, st.Primary.Epoch
+	res.Message = "switchover scheduled for " + sc.At.Format(time.RFC3339)
+	return res, nil
+}
+
+// CancelSwitchover drops a scheduled switchover. Leader only.
+func (a *Agent) CancelSwitchover(ctx context.Context) error {
+	if !a.isLeader() {
+		return api.ErrNotLeader
+	}
+	if a.raft.FSM().State().Scheduled == nil {
+		return api.Errorf(http.StatusNotFound, "no switchover is scheduled")
+	}
+	if err := a.raft.Apply(raftfsm.Schedule{}, applyTimeout); err != nil {
+		return errStatus(err)
+	}
+	a.log.Info("scheduled switchover cancelled")
+	return nil
+}
+
+// runScheduled starts a due scheduled switchover, once, in the
+// background: the switchover takes actionMu, which the HA loop round that
+// noticed it holds.
+func (a *Agent) runScheduled(ctx context.Context, st raftfsm.State) {
+	sc := st.Scheduled
+	if sc == nil || time.Now().Before(sc.At) || !a.scheduledRunning.CompareAndSwap(false, true) {
+		return
+	}
+	a.spawn(func() {
+		defer a.scheduledRunning.Store(false)
+		if sc.From != st.Primary.Member {
+			a.log.Warn("dropping a scheduled switchover: the primary changed since", "scheduled_from", sc.From)
+		} else {
+			a.log.Info("running the scheduled switchover", "candidate", sc.Candidate)
+			res, err := a.Switchover(ctx, api.SwitchoverRequest{Candidate: sc.Candidate, Force: sc.Force})
+			if err == nil {
+				a.log.Info("scheduled switchover done", "new", res.New)
+				return // the new record cleared the schedule
+			}
+			a.log.Error("scheduled switchover failed; dropping it", "err", err)
+		}
+		if a.isLeader() {
+			if err := a.raft.Apply(raftfsm.Schedule{}, applyTimeout); err != nil {
+				a.log.Warn("clear scheduled switchover", "err", err)
+			}
+		}
+	})
 }

@@ -169,3 +169,9 @@ func (c *Client) Reload(ctx context.Context) error {
 	_, err := c.do(ctx, http.MethodPost, "/reload", struct{}{}, nil)
 	return err
 }
+
+// CancelSwitchover drops a scheduled switchover.
+func (c *Client) CancelSwitchover(ctx context.Context) error {
+	_, err := c.do(ctx, http.MethodDelete, "/switchover", nil, nil)
+	return err
+}

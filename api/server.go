@@ -44,6 +44,8 @@ type Backend interface {
 	// Switchover and Failover run on the leader (ErrNotLeader forwards).
 	Switchover(ctx context.Context, req SwitchoverRequest) (SwitchoverResult, error)
 	Failover(ctx context.Context, req SwitchoverRequest) (SwitchoverResult, error)
+	// CancelSwitchover drops a scheduled switchover. Leader only.
+	CancelSwitchover(ctx context.Context) error
 	SetPaused(ctx context.Context, paused bool) error
 	History() []HistoryEntry
 	Config() DynamicConfig
@@ -96,6 +98,7 @@ func New(o Options, b Backend) (*Server, error) {
 	mux.HandleFunc("POST /v1/leave", s.handleLeave)
 	mux.HandleFunc("POST /v1/remove", s.handleRemove)
 	mux.HandleFunc("POST /switchover", s.handleSwitchover)
+	mux.HandleFunc("DELETE /switchover", s.handleCancelSwitchover)
 	mux.HandleFunc("POST /failover", s.handleFailover)
 	mux.HandleFunc("POST /v1/pause", s.handlePause)
 	mux.HandleFunc("GET /history", s.handleHistory)
@@ -254,8 +257,21 @@ func (s *Server) handleRemove(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleSwitchover(w http.ResponseWriter, r *http.Request) {
-	leaderOnly(s, w, r, func(*SwitchoverRequest) error { return nil }, func(req *SwitchoverRequest) (any, error) {
+	leaderOnly(s, w, r, func(req *SwitchoverRequest) error {
+		if req.ScheduledAt != "" {
+			if _, err := time.Parse(time.RFC3339, req.ScheduledAt); err != nil {
+				return Errorf(http.StatusBadRequest, "scheduled_at %q: want RFC 3339, e.g. 2026-11-27T22:00:00Z", req.ScheduledAt)
+			}
+		}
+		return nil
+	}, func(req *SwitchoverRequest) (any, error) {
 		return s.backend.Switchover(r.Context(), *req)
+	})
+}
+
+func (s *Server) handleCancelSwitchover(w http.ResponseWriter, r *http.Request) {
+	leaderOnly(s, w, r, func(*struct{}) error { return nil }, func(*struct{}) (any, error) {
+		return map[string]string{"status": "cancelled"}, s.backend.CancelSwitchover(r.Context())
 	})
 }
 
@@ -263,6 +279,9 @@ func (s *Server) handleFailover(w http.ResponseWriter, r *http.Request) {
 	leaderOnly(s, w, r, func(req *SwitchoverRequest) error {
 		if req.Candidate == "" {
 			return Errorf(http.StatusBadRequest, "candidate is required for a failover")
+		}
+		if req.ScheduledAt != "" {
+			return Errorf(http.StatusBadRequest, "a failover cannot be scheduled; schedule a switchover")
 		}
 		return nil
 	}, func(req *SwitchoverRequest) (any, error) {

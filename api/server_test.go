@@ -115,6 +115,10 @@ func (b *fakeBackend) PatchConfig(ctx context.Context, patch map[string]json.Raw
 	return b.PatchFn(ctx, patch)
 }
 
+func (b *fakeBackend) CancelSwitchover(ctx context.Context) error {
+	return errors.New("fake: CancelSwitchover not expected")
+}
+
 func (b *fakeBackend) Restart(ctx context.Context) error {
 	return errors.New("fake: Restart not expected")
 }

@@ -15,6 +15,8 @@ type ClusterInfo struct {
 	Timeline    uint32 `json:"timeline,omitempty"`
 	PrimaryLSN  string `json:"primary_lsn,omitempty"`
 	Paused      bool   `json:"paused"`
+	// ScheduledSwitchover is a planned switchover, if any.
+	ScheduledSwitchover *ScheduledInfo `json:"scheduled_switchover,omitempty"`
 	// Sync says how synchronous replication stands ("" when off).
 	Sync     string       `json:"synchronous,omitempty"`
 	Observer string       `json:"observer"` // the member that answered
@@ -84,6 +86,9 @@ type SwitchoverRequest struct {
 	Candidate string `json:"candidate,omitempty"`
 	// Force skips the lag check (never the catch-up wait of a switchover).
 	Force bool `json:"force,omitempty"`
+	// ScheduledAt (RFC 3339) plans the switchover for later; the leader
+	// runs it then. Switchover only.
+	ScheduledAt string `json:"scheduled_at,omitempty"`
 }
 
 // SwitchoverResult is the answer of a successful switchover or failover.
@@ -126,4 +131,11 @@ type DynamicConfig struct {
 // PostgreSQLConfig holds the cluster-wide PostgreSQL parameters.
 type PostgreSQLConfig struct {
 	Parameters map[string]string `json:"parameters"`
+}
+
+// ScheduledInfo describes a planned switchover.
+type ScheduledInfo struct {
+	At        time.Time `json:"at"`
+	From      string    `json:"from"`
+	Candidate string    `json:"candidate,omitempty"`
 }

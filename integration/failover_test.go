@@ -303,6 +303,28 @@ func TestFailoverScenarios(t *testing.T) {
 		return
 	}
 
+	if !t.Run("scheduled switchover", func(t *testing.T) {
+		old := c.primaryNode(t)
+		apiAddr := fmt.Sprintf("127.0.0.1:%d", old.API)
+		out, stderr, code := cli(t, "switchover", "--api", apiAddr, "--scheduled", "3s")
+		if code != 0 {
+			t.Fatalf("scheduled switchover: %d %s %s", code, out, stderr)
+		}
+		out, _, _ = cli(t, "list", "--api", apiAddr)
+		if !strings.Contains(out, "Switchover scheduled") {
+			t.Errorf("pgha list does not show the scheduled switchover:\n%s", out)
+		}
+		newP := c.waitNewPrimary(t, old.Name, time.Minute)
+		t.Logf("scheduled switchover moved the primary from %s to %s", old.Name, newP.Name)
+		c.WaitHealthy(time.Minute, "n1", "n2", "n3")
+		ci, _ := c.Info()
+		if ci.ScheduledSwitchover != nil {
+			t.Errorf("the schedule is still recorded after the switchover: %+v", ci.ScheduledSwitchover)
+		}
+	}) {
+		return
+	}
+
 	t.Run("leave on the primary hands the role off first", func(t *testing.T) {
 		old := c.primaryNode(t)
 		out, stderr, code := cli(t, "leave", "--api", fmt.Sprintf("127.0.0.1:%d", old.API))

@@ -87,6 +87,19 @@ func ApplyCommand(s *State, data []byte) error {
 		}
 		s.SyncSet = append([]string(nil), c.Members...)
 		return nil
+	case CmdSchedule:
+		var c Schedule
+		if len(env.Payload) == 0 {
+			return fmt.Errorf("%w: %s without payload", ErrMalformed, env.Type)
+		}
+		if err := strictUnmarshal(env.Payload, &c); err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrMalformed, env.Type, err)
+		}
+		if c.Switchover != nil && (c.Switchover.At.IsZero() || c.Switchover.From == "") {
+			return fmt.Errorf("%w: schedule_switchover: time and current primary are required", ErrMalformed)
+		}
+		s.Scheduled = c.Switchover
+		return nil
 	case CmdPromoted:
 		var c Promoted
 		if err := decodePayload(env, &c); err != nil {
@@ -209,6 +222,7 @@ func applySetPrimary(s *State, c SetPrimary) error {
 		}
 	}
 	s.SyncSet = keep
+	s.Scheduled = nil
 	s.Primary = &PrimaryRecord{Member: c.Member, Epoch: c.ExpectEpoch + 1, Timeline: c.Timeline, Since: c.At}
 	s.History = append(s.History, HistoryEntry{
 		Epoch: s.Primary.Epoch, At: c.At, Old: old, New: c.Member,

@@ -23,6 +23,7 @@ const (
 	CmdSetPaused     CommandType = "set_paused"
 	CmdPromoted      CommandType = "promoted"
 	CmdSetSyncSet    CommandType = "set_sync_set"
+	CmdSchedule      CommandType = "schedule_switchover"
 	CmdNoop          CommandType = "noop"
 )
 
@@ -77,6 +78,11 @@ type SetPrimary struct {
 	At          time.Time `json:"at"`
 	// LastSeen: see HistoryEntry.LastSeen.
 	LastSeen time.Time `json:"last_seen,omitempty"`
+}
+
+// Schedule sets (or, with Switchover nil, clears) the planned switchover.
+type Schedule struct {
+	Switchover *ScheduledSwitchover `json:"switchover"`
 }
 
 // SetSyncSet records the synchronous standby set. Only the holder of the
@@ -142,6 +148,8 @@ func Encode(payload any) ([]byte, error) {
 		t = CmdPromoted
 	case SetSyncSet:
 		t = CmdSetSyncSet
+	case Schedule:
+		t = CmdSchedule
 	case nil:
 		t = CmdNoop
 	default:

@@ -35,6 +35,8 @@ type State struct {
 	// standby here only after PostgreSQL reports it synchronous, and
 	// removes one here before it stops waiting for it.
 	SyncSet []string `json:"sync_set,omitempty"`
+	// Scheduled is a planned switchover the leader runs when it is due.
+	Scheduled *ScheduledSwitchover `json:"scheduled_switchover,omitempty"`
 	// Paused stops every automatic action (maintenance mode).
 	Paused bool `json:"paused,omitempty"`
 	// History lists every change of primary, oldest first.
@@ -94,6 +96,14 @@ type DynamicConfig struct {
 // DefaultDynamicConfig is what a fresh cluster starts with.
 func DefaultDynamicConfig() DynamicConfig {
 	return DynamicConfig{MaximumLagOnFailover: 1 << 20, SynchronousNodeCount: 1}
+}
+
+// ScheduledSwitchover is a switchover planned for a given time.
+type ScheduledSwitchover struct {
+	At        time.Time `json:"at"`
+	From      string    `json:"from"`                // the primary when it was scheduled
+	Candidate string    `json:"candidate,omitempty"` // "" = the best replica then
+	Force     bool      `json:"force,omitempty"`
 }
 
 // HistoryEntry records one change of primary.
@@ -163,5 +173,9 @@ func (s *State) clone() State {
 	}
 	c.History = append([]HistoryEntry(nil), s.History...)
 	c.SyncSet = append([]string(nil), s.SyncSet...)
+	if s.Scheduled != nil {
+		sc := *s.Scheduled
+		c.Scheduled = &sc
+	}
 	return c
 }

@@ -18,13 +18,43 @@ func switchoverFlags() []cli.Flag {
 	)
 }
 
+// parseWhen accepts RFC 3339 or a delay from now ("10m", "2h").
+func parseWhen(s string, now time.Time) (string, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d <= 0 {
+			return "", usagef("--scheduled %q: the delay must be positive", s)
+		}
+		return now.Add(d).UTC().Format(time.RFC3339), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return "", usagef("--scheduled %q: want a time like 2026-11-27T22:00:00Z or a delay like 10m", s)
+	}
+	return t.UTC().Format(time.RFC3339), nil
+}
+
 func switchoverCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "switchover",
 		Usage:     "planned switchover: stop the primary cleanly, promote a caught-up replica, make the old primary follow it",
 		ArgsUsage: " ",
-		Flags:     switchoverFlags(),
+		Flags: append(switchoverFlags(),
+			&cli.StringFlag{Name: "scheduled", Usage: "run it at `TIME` (RFC 3339, or a delay such as 10m) instead of now"},
+			&cli.BoolFlag{Name: "cancel", Usage: "cancel a scheduled switchover"}),
 		Action: func(c *cli.Context) error {
+			if c.Bool("cancel") {
+				cl, err := apiClient(c)
+				if err != nil {
+					return err
+				}
+				ctx, cancel := context.WithTimeout(c.Context, 15*time.Second)
+				defer cancel()
+				if err := cl.CancelSwitchover(ctx); err != nil {
+					return err
+				}
+				fmt.Fprintln(stdout(), "scheduled switchover cancelled")
+				return nil
+			}
 			return runSwitchover(c, false)
 		},
 	}
@@ -58,6 +88,11 @@ func runSwitchover(c *cli.Context, failover bool) error {
 		return err
 	}
 	req := api.SwitchoverRequest{Leader: c.String("leader"), Candidate: c.String("candidate"), Force: c.Bool("force")}
+	if !failover && c.String("scheduled") != "" {
+		if req.ScheduledAt, err = parseWhen(c.String("scheduled"), time.Now()); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithTimeout(c.Context, 2*time.Minute)
 	defer cancel()
 	var res api.SwitchoverResult
@@ -71,6 +106,10 @@ func runSwitchover(c *cli.Context, failover bool) error {
 	}
 	if format == "json" {
 		return printJSON(stdout(), res)
+	}
+	if req.ScheduledAt != "" {
+		fmt.Fprintln(stdout(), res.Message)
+		return nil
 	}
 	fmt.Fprintf(stdout(), "%s (epoch %d", res.Message, res.Epoch)
 	if res.WriteGapSec > 0 {

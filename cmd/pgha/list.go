@@ -83,6 +83,13 @@ func renderCluster(w io.Writer, ci api.ClusterInfo) {
 	if ci.Paused {
 		fmt.Fprintln(w, " Maintenance mode: on (no automatic failover or restart)")
 	}
+	if sc := ci.ScheduledSwitchover; sc != nil {
+		to := sc.Candidate
+		if to == "" {
+			to = "the best replica"
+		}
+		fmt.Fprintf(w, " Switchover scheduled at %s: %s -> %s (pgha switchover --cancel to drop it)\n", sc.At.UTC().Format(time.RFC3339), sc.From, to)
+	}
 	if ci.Sync != "" {
 		fmt.Fprintln(w, " "+strings.ToUpper(ci.Sync[:1])+ci.Sync[1:])
 	}
