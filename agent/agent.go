@@ -63,7 +63,12 @@ type Agent struct {
 	steppingDown atomic.Bool
 	// scheduledRunning: a scheduled switchover is being carried out.
 	scheduledRunning atomic.Bool
-	lostLeadership   chan struct{} // poked when Raft leadership is lost
+	// yield: this record holder cannot run PostgreSQL as primary (see
+	// primaryStartTimeout); failingSince is when its attempts began to
+	// fail (HA loop only).
+	yield          atomic.Bool
+	failingSince   time.Time
+	lostLeadership chan struct{} // poked when Raft leadership is lost
 	// actionMu is held by each HA loop round and by a switchover, which
 	// must own PostgreSQL while it runs.
 	actionMu sync.Mutex

@@ -163,7 +163,7 @@ func (a *Agent) Health() (bool, api.HealthInfo) {
 	h := api.HealthInfo{
 		Name: s.Name, Role: s.Role, State: s.State, Timeline: s.Timeline,
 		Raft: a.raft.State(), Leader: leaderID, Waiting: s.Waiting, Error: s.Error,
-		LoopAt: s.LoopAt, PGRunning: s.PGRunning,
+		LoopAt: s.LoopAt, PGRunning: s.PGRunning, Yield: a.yield.Load(),
 	}
 	if s.WAL != 0 {
 		h.WAL = pgnode.FormatLSN(s.WAL)

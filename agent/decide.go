@@ -72,6 +72,9 @@ type Input struct {
 	// Gossip holds the live gossip members by name.
 	Gossip map[string]membership.Member
 	PG     LocalPG
+	// Yield: this node holds the primary record but has failed to run
+	// PostgreSQL as primary for too long.
+	Yield bool
 }
 
 // Tags are the local member's behaviour switches.
@@ -193,6 +196,15 @@ func decideSelfPrimary(in Input) []Action {
 			return []Action{{Kind: ActRecordSystemID}}
 		}
 		return []Action{{Kind: ActWait, Reason: "local data directory state unknown"}}
+	}
+	if in.Yield && !(in.PG.Running && !in.PG.InRecovery) && !st.Paused {
+		// We cannot serve: hand leadership to the best candidate, which
+		// fails over (our agent answers that it yields).
+		if best, why := bestCandidate(in); best != "" && best != in.Self {
+			return []Action{{Kind: ActTransferLeadership, Target: best, Reason: "this node cannot run PostgreSQL as primary; handing over"}}
+		} else {
+			return []Action{{Kind: ActRefuse, Reason: "this node cannot run PostgreSQL as primary and no member can take over: " + why}}
+		}
 	}
 	if in.PG.Data == DataEmpty {
 		return []Action{{Kind: ActRefuse, Reason: "this node is the recorded primary but its data directory is empty; run pgha failover --candidate <replica>"}}

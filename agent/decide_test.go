@@ -126,6 +126,7 @@ func TestDecide(t *testing.T) {
 		{"stale ex-primary on an older timeline refuses to start as primary", Input{Self: "n1", Leader: true, State: onTimeline3, PG: stoppedExPrimary}, "refuse", "timeline"},
 		{"primary record without leadership: fence", Input{Self: "n1", State: fsmState("n1", false), PG: runningPrimary}, "fence", "leadership"},
 		{"primary record without leadership: stay stopped", Input{Self: "n1", State: fsmState("n1", false), PG: stopped}, "wait", "leadership"},
+		{"a yielding record holder hands leadership to the best candidate", Input{Self: "n1", Leader: true, Yield: true, State: fsmState("n1", false), Gossip: replicasUp, PG: stoppedExPrimary}, "transfer-leadership", "cannot run"},
 		{"recorded primary with empty data refuses", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: empty}, "refuse", "empty"},
 
 		// A leader that is not the primary: hand back or fail over.

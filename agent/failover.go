@@ -31,6 +31,13 @@ import (
 //     the defaults). Nothing the network says can shorten that wait: a
 //     refused connection looks the same from a dead node and from behind a
 //     rejecting firewall.
+//
+// primaryStartTimeout: a record holder that leads but has not managed to
+// run PostgreSQL as primary for this long yields, so the leader fails
+// over rather than hand leadership back forever (Patroni's
+// master_start_timeout).
+const primaryStartTimeout = 30 * time.Second
+
 const (
 	fenceTick   = 100 * time.Millisecond
 	fenceBudget = 1000 * time.Millisecond
@@ -64,7 +71,7 @@ func (a *Agent) askPrimary(ctx context.Context, st raftfsm.State) OldPrimary {
 	ctx, cancel := context.WithTimeout(ctx, askTimeout)
 	defer cancel()
 	h, _, err := api.NewClient(m.APIAddr).Health(ctx)
-	if err == nil && h.Name == st.Primary.Member {
+	if err == nil && h.Name == st.Primary.Member && !h.Yield {
 		return OldPrimaryAlive
 	}
 	return OldPrimarySilent

@@ -96,6 +96,7 @@ func (a *Agent) round(ctx context.Context) {
 		State:            st,
 		Gossip:           a.gossipByName(),
 		PG:               local,
+		Yield:            a.yield.Load(),
 	}
 	if leader && st.Primary != nil && st.Primary.Member != a.cfg.Name {
 		in.OldPrimary = a.askPrimary(ctx, st)
@@ -113,6 +114,8 @@ func (a *Agent) round(ctx context.Context) {
 		a.runScheduled(ctx, st)
 	}
 	var waiting, failure string
+	holder := st.IsPrimary(a.cfg.Name) && leader
+	primaryOK := local.Running && !local.InRecovery
 	for _, act := range Decide(in) {
 		switch act.Kind {
 		case ActWait:
@@ -132,6 +135,7 @@ func (a *Agent) round(ctx context.Context) {
 	}
 	// Re-read PostgreSQL after acting so the published status is fresh.
 	local = a.probe(ctx)
+	a.trackPrimaryStart(holder, primaryOK || (local.Running && !local.InRecovery), st)
 	a.noteProblem(waiting, failure)
 	a.publish(local, waiting)
 }
@@ -687,4 +691,22 @@ func sortedNames[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// trackPrimaryStart sets yield when this node has held the primary record
+// as leader for primaryStartTimeout without running PostgreSQL as
+// primary, and clears it as soon as it does (or the record moves).
+func (a *Agent) trackPrimaryStart(holder, runningPrimary bool, st raftfsm.State) {
+	switch {
+	case !st.IsPrimary(a.cfg.Name) || runningPrimary || st.Paused:
+		a.failingSince = time.Time{}
+		if a.yield.Swap(false) {
+			a.log.Info("no longer yielding the primary role")
+		}
+	case holder && a.failingSince.IsZero():
+		a.failingSince = time.Now()
+	case holder && time.Since(a.failingSince) > primaryStartTimeout && !a.yield.Load():
+		a.log.Error("PostgreSQL could not run as primary; yielding the primary role", "for", time.Since(a.failingSince).Round(time.Second))
+		a.yield.Store(true)
+	}
 }

@@ -54,6 +54,10 @@ type HealthInfo struct {
 	Error     string    `json:"error,omitempty"`
 	LoopAt    time.Time `json:"loop_at"`
 	PGRunning bool      `json:"postgres_running"`
+	// Yield: this node holds the primary record but cannot run
+	// PostgreSQL as primary; the leader must fail over instead of handing
+	// leadership back to it.
+	Yield bool `json:"yield,omitempty"`
 }
 
 // JoinRequest is the body of POST /v1/join.
