@@ -49,9 +49,11 @@ type Agent struct {
 	leaderReady atomic.Bool
 	leaderTerm  atomic.Uint64
 	// leaderSince is when this node last became leader (time.Time);
-	// lastLeaderContact when it last heard the previous leader before that.
-	leaderSince       atomic.Value
-	lastLeaderContact atomic.Value
+	leaderSince atomic.Value
+	// primaryContact (time.Time) is this node's last Raft contact with the
+	// primary's node while that node led: the start of a failover's write
+	// downtime as the agents saw it.
+	primaryContact atomic.Value
 	// primaryUp is true while the local PostgreSQL runs as a primary: the
 	// fence watchdog guards it.
 	primaryUp atomic.Bool
@@ -326,7 +328,6 @@ func (a *Agent) watchLeadership(ctx context.Context) {
 				continue
 			}
 			a.leaderSince.Store(time.Now())
-			a.lastLeaderContact.Store(a.raft.LastContact())
 			term := a.raft.Term()
 			a.log.Info("gained raft leadership", "term", term)
 			// Retry the barrier while this term lasts: without it the node

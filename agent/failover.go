@@ -237,11 +237,14 @@ func (a *Agent) promote(ctx context.Context, in Input, lastSeen time.Time) error
 // epoch), then promotes it: commit, then promote.
 func (a *Agent) failover(ctx context.Context, in Input, reason string) error {
 	st := in.State
-	lastSeen, _ := a.leaderSince.Load().(time.Time)
-	if c := a.lastLeaderContact.Load(); c != nil {
-		if t, ok := c.(time.Time); ok && !t.IsZero() {
-			lastSeen = t
-		}
+	// When did the agents last see the old primary? Its last Raft
+	// heartbeat to this node while it led, or its last gossip status.
+	lastSeen, _ := a.primaryContact.Load().(time.Time)
+	if g, ok := in.Gossip[st.Primary.Member]; ok && g.LastUpdate.After(lastSeen) {
+		lastSeen = g.LastUpdate
+	}
+	if lastSeen.IsZero() {
+		lastSeen, _ = a.leaderSince.Load().(time.Time)
 	}
 	a.log.Warn("failing over to this node", "old_primary", st.Primary.Member, "reason", reason)
 	err := a.raft.Apply(raftfsm.SetPrimary{

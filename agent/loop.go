@@ -86,6 +86,9 @@ func (a *Agent) round(ctx context.Context) {
 		a.savePeers(inRaft)
 	}
 	st := a.raft.FSM().State()
+	if id, _ := a.raft.Leader(); st.Primary != nil && id == st.Primary.Member && id != a.cfg.Name {
+		a.primaryContact.Store(a.raft.LastContact())
+	}
 	in := Input{
 		Self:             a.cfg.Name,
 		Witness:          a.cfg.Witness,
