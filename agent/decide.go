@@ -216,14 +216,16 @@ func decideSelfPrimary(in Input) []Action {
 		}
 		return acts
 	}
-	if st.Paused {
-		return []Action{{Kind: ActWait, Reason: "maintenance mode: not starting or promoting PostgreSQL"}}
-	}
 	if in.PG.Running || !in.PG.WasPrimary {
 		// A standby holding the committed record: promote it (switchover
 		// target, or the second half of a failover). A stopped standby is
 		// started in recovery first so promotion moves to a new timeline.
+		// This holds in maintenance mode too: there the record only moves
+		// by an operator's switchover or failover.
 		return []Action{{Kind: ActPromote}}
+	}
+	if st.Paused {
+		return []Action{{Kind: ActWait, Reason: "maintenance mode: not restarting PostgreSQL"}}
 	}
 	// Stopped, last run as primary: restart it, unless a newer timeline
 	// exists (it would be a diverged copy).

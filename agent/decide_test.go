@@ -121,6 +121,7 @@ func TestDecide(t *testing.T) {
 		{"primary as leader runs and keeps slots and LSN", Input{Self: "n1", Leader: true, State: fsmState("n1", false), Gossip: allUp, PG: runningPrimary}, "run-primary,ensure-slots,record-lsn", ""},
 		{"crashed primary as leader restarts", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: stoppedExPrimary}, "run-primary", ""},
 		{"paused: crashed primary is not restarted", Input{Self: "n1", Leader: true, State: paused, PG: stoppedExPrimary}, "wait", "maintenance"},
+		{"paused: a standby the operator made the record holder still promotes", Input{Self: "n1", Leader: true, State: paused, PG: runningReplica}, "promote", ""},
 		{"record holder running as standby promotes", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: runningReplica}, "promote", ""},
 		{"stopped standby holding the record promotes (started in recovery first)", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: stopped}, "promote", ""},
 		{"stale ex-primary on an older timeline refuses to start as primary", Input{Self: "n1", Leader: true, State: onTimeline3, PG: stoppedExPrimary}, "refuse", "timeline"},

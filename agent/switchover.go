@@ -14,8 +14,9 @@ import (
 )
 
 // checkCandidate says why name cannot be promoted now, or nil. force skips
-// the lag check only.
-func (a *Agent) checkCandidate(st raftfsm.State, name string, force bool) error {
+// the lag check only. A switchover needs a streaming candidate; a failover
+// (the primary is gone) cannot ask for that.
+func (a *Agent) checkCandidate(st raftfsm.State, name string, force, switchover bool) error {
 	if _, ok := st.Members[name]; !ok {
 		return api.Errorf(http.StatusBadRequest, "no member named %q", name)
 	}
@@ -40,7 +41,7 @@ func (a *Agent) checkCandidate(st raftfsm.State, name string, force bool) error 
 	if force {
 		return nil
 	}
-	if g.Meta.PGState != "streaming" {
+	if switchover && g.Meta.PGState != "streaming" {
 		return api.Errorf(http.StatusConflict, "candidate %s is not streaming; use --force to promote it anyway", name)
 	}
 	var primaryWAL uint64
@@ -89,7 +90,7 @@ func (a *Agent) Switchover(ctx context.Context, req api.SwitchoverRequest) (api.
 		}
 		cand = best
 	}
-	if err := a.checkCandidate(st, cand, req.Force); err != nil {
+	if err := a.checkCandidate(st, cand, req.Force, true); err != nil {
 		return res, err
 	}
 	candMember := st.Members[cand]
@@ -248,7 +249,7 @@ func (a *Agent) Failover(ctx context.Context, req api.SwitchoverRequest) (api.Sw
 	if st.Primary.Member == a.cfg.Name && a.pg.Running() {
 		return a.Switchover(ctx, req)
 	}
-	if err := a.checkCandidate(st, req.Candidate, req.Force); err != nil {
+	if err := a.checkCandidate(st, req.Candidate, req.Force, false); err != nil {
 		return res, err
 	}
 	if nb := a.promoteNotBefore(); time.Now().Before(nb) {

@@ -263,7 +263,7 @@ func TestFailoverScenarios(t *testing.T) {
 		return
 	}
 
-	if !t.Run("pause: no failover when the primary's postgres dies", func(t *testing.T) {
+	if !t.Run("pause: no failover when the primary's postgres dies; manual failover works", func(t *testing.T) {
 		p := c.primaryNode(t)
 		apiAddr := fmt.Sprintf("127.0.0.1:%d", p.API)
 		if _, stderr, code := cli(t, "pause", "--api", apiAddr); code != 0 {
@@ -292,12 +292,28 @@ func TestFailoverScenarios(t *testing.T) {
 				t.Fatalf("postgres was restarted in maintenance mode")
 			}
 		}
+		// The operator fails over by hand while paused.
+		var cand *Node
+		for _, nd := range c.Nodes {
+			if nd != p {
+				cand = nd
+				break
+			}
+		}
+		out, stderr, code := cli(t, "failover", "--api", apiAddr, "--candidate", cand.Name)
+		if code != 0 {
+			t.Fatalf("pgha failover while paused: %d %s %s", code, out, stderr)
+		}
+		t.Logf("pgha failover: %s", strings.TrimSpace(out))
+		if newP := c.waitNewPrimary(t, p.Name, time.Minute); newP != cand {
+			t.Fatalf("manual failover promoted %s, want %s", newP.Name, cand.Name)
+		}
 		if _, stderr, code := cli(t, "resume", "--api", apiAddr); code != 0 {
 			t.Fatalf("pgha resume: %d %s", code, stderr)
 		}
 		ci = c.WaitHealthy(time.Minute, "n1", "n2", "n3")
-		if ci.Primary != p.Name {
-			t.Errorf("after resume the primary is %s, want %s restarted", ci.Primary, p.Name)
+		if ci.Primary != cand.Name {
+			t.Errorf("after resume the primary is %s, want %s", ci.Primary, cand.Name)
 		}
 	}) {
 		return
