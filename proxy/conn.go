@@ -1,0 +1,263 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// warnInterval rate-limits warnings that a misbehaving backend or a
+// connection flood would otherwise repeat once per client.
+const warnInterval = 10 * time.Second
+
+// handle owns one accepted client from hold to close. Once the client is
+// spliced to a backend it is one of the connection's two goroutines.
+func (p *Proxy) handle(pt *port, c *net.TCPConn) {
+	defer p.wg.Done()
+	defer pt.current.Add(-1)
+	defer c.Close()
+	// Close must reach the client at every stage before the splice (held,
+	// handshaking, dialling); the splice has its generation's close.
+	stop := context.AfterFunc(p.root, func() { c.Close() })
+	defer stop()
+
+	// Hold first, reading nothing: the client's startup packet waits in
+	// the kernel until there is a backend to hand it to.
+	h := hold{deadline: time.Now().Add(p.cfg.HoldTimeout)}
+	if !p.waitRoutable(pt, &h) {
+		p.refuseNoRoute(pt, c, nil)
+		return
+	}
+
+	c.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
+	first, err := readHeader(c)
+	if err != nil {
+		// A client that goes away is its own business; garbage and
+		// silence are worth a debug line.
+		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && p.root.Err() == nil {
+			p.log.Debug("proxy dropped a client before routing", "port", pt.name, "client", c.RemoteAddr().String(), "err", err)
+		}
+		return
+	}
+	if first.code() == codeCancel {
+		p.forwardCancel(pt, c, first)
+		return
+	}
+
+	// A session (or an SSL/GSS request, which the backend answers).
+	var tried []*target
+	var lastErr error
+	for {
+		t, changed := pt.pick(tried)
+		if t == nil {
+			if len(tried) > 0 {
+				// Every routable backend refused: say which, don't hold.
+				last := tried[len(tried)-1]
+				pt.refused.Add(1)
+				reply(c, &first, "08006", fmt.Sprintf("pgha proxy could not connect to %s (%s): %v", last.b.Name, last.b.Addr, lastErr))
+				return
+			}
+			// The table emptied between the hold and now: hold again,
+			// within the same budget.
+			if !p.wait(pt, &h, changed) {
+				p.refuseNoRoute(pt, c, &first)
+				return
+			}
+			continue
+		}
+		server, err := p.dial(t)
+		if err != nil {
+			t.release()
+			if p.root.Err() != nil {
+				return
+			}
+			t.st.errors.Add(1)
+			p.log.Debug("proxy dial failed", "port", pt.name, "backend", t.b.Name, "addr", t.b.Addr, "err", err)
+			warnEvery(&t.st.lastWarn, func() {
+				p.log.Warn("proxy cannot reach backend", "port", pt.name, "backend", t.b.Name, "addr", t.b.Addr, "err", err)
+			})
+			tried = append(tried, t)
+			lastErr = err
+			continue // the read port tries the next replica
+		}
+		c.SetReadDeadline(time.Time{})
+		p.pipe(pt, t, c, server, first)
+		t.release()
+		return
+	}
+}
+
+// dial connects to a backend within the connect timeout. The generation
+// context aborts the dial if the backend leaves the routes meanwhile.
+func (p *Proxy) dial(t *target) (*net.TCPConn, error) {
+	conn, err := p.dialer.DialContext(t.ctx, "tcp", t.b.Addr)
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		conn.Close()
+		return nil, fmt.Errorf("dial %s: not a TCP connection", t.b.Addr)
+	}
+	return tc, nil
+}
+
+// pipe forwards the bytes already read, then splices both directions
+// until both have ended. Both io.Copy calls see two *net.TCPConn, so on
+// Linux the kernel moves the bytes (splice) and they never enter user
+// space; nothing may wrap the sockets on this path.
+func (p *Proxy) pipe(pt *port, t *target, client, server *net.TCPConn, first header) {
+	start := time.Now()
+	// The generation's close channel: a routing change that removes t,
+	// or Close, closes both sockets, which ends both copies at once.
+	stop := context.AfterFunc(t.ctx, func() {
+		client.Close()
+		server.Close()
+	})
+	defer stop()
+	p.log.Debug("proxy connection opened", "port", pt.name, "client", client.RemoteAddr().String(), "backend", t.b.Name, "addr", t.b.Addr)
+
+	var up int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n, err := server.Write(first[:])
+		up = int64(n)
+		if err == nil {
+			var m int64
+			m, err = io.Copy(server, client)
+			up += m
+		}
+		finish(server, client, err)
+	}()
+	down, err := io.Copy(client, server)
+	finish(client, server, err)
+	<-done
+	client.Close()
+	server.Close()
+
+	t.st.bytesIn.Add(up)
+	t.st.bytesOut.Add(down)
+	args := []any{"port", pt.name, "client", client.RemoteAddr().String(), "backend", t.b.Name,
+		"bytes_in", up, "bytes_out", down, "duration", time.Since(start).Round(time.Millisecond)}
+	if t.ctx.Err() != nil && p.root.Err() == nil {
+		args = append(args, "reason", "backend left the routes")
+	}
+	p.log.Debug("proxy connection closed", args...)
+}
+
+// finish ends one direction after io.Copy(dst, src) returned. A clean
+// EOF is passed on as a half-close, and the other direction (which reads
+// dst) gets finTimeout to end too. An error means the pair is broken:
+// close both sockets, which also ends the other copy.
+func finish(dst, src *net.TCPConn, err error) {
+	if err != nil {
+		dst.Close()
+		src.Close()
+		return
+	}
+	dst.CloseWrite()
+	dst.SetReadDeadline(time.Now().Add(finTimeout))
+}
+
+// forwardCancel sends a cancel request to every backend behind the port.
+// The key names one backend process on one server, but the proxy cannot
+// know which server without tracking sessions, and every other server
+// ignores a key it does not own, so fanning out is both simple and safe.
+func (p *Proxy) forwardCancel(pt *port, c *net.TCPConn, first header) {
+	var pkt [cancelLen]byte
+	copy(pkt[:], first[:])
+	if _, err := io.ReadFull(c, pkt[8:]); err != nil {
+		return
+	}
+	targets := pt.cancelTargets()
+	var wg sync.WaitGroup
+	for _, b := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.sendCancel(b, pkt[:]); err != nil && p.root.Err() == nil {
+				p.log.Debug("proxy could not forward a cancel request", "port", pt.name, "backend", b.Name, "addr", b.Addr, "err", err)
+			}
+		}()
+	}
+	// Only now close the client: libpq treats the server's close as "the
+	// cancel was delivered", so the close must not come before that.
+	wg.Wait()
+	p.log.Debug("proxy forwarded a cancel request", "port", pt.name, "client", c.RemoteAddr().String(), "backends", len(targets))
+}
+
+func (p *Proxy) sendCancel(b Backend, pkt []byte) error {
+	conn, err := p.dialer.DialContext(p.root, "tcp", b.Addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(p.root, func() { conn.Close() })
+	defer stop()
+	conn.SetDeadline(time.Now().Add(p.cfg.ConnectTimeout))
+	if _, err := conn.Write(pkt); err != nil {
+		return err
+	}
+	// The server closes once it has acted on the request.
+	_, err = io.Copy(io.Discard, conn)
+	return err
+}
+
+// refuseNoRoute answers a client whose hold expired (nothing to route
+// to) with 57P03, as a server that is not accepting connections would.
+func (p *Proxy) refuseNoRoute(pt *port, c *net.TCPConn, first *header) {
+	if p.root.Err() != nil {
+		return // shutting down: just close
+	}
+	pt.refused.Add(1)
+	msg := "no primary available"
+	if pt.name == "read" {
+		msg = "no replica available"
+	}
+	p.log.Debug("proxy hold timed out", "port", pt.name, "client", c.RemoteAddr().String())
+	reply(c, first, "57P03", msg)
+}
+
+// refuseFull answers a client beyond MaxConn with 53300, as PostgreSQL
+// does beyond max_connections.
+func (p *Proxy) refuseFull(pt *port, c *net.TCPConn) {
+	defer p.wg.Done()
+	defer pt.refusing.Add(-1)
+	defer c.Close()
+	stop := context.AfterFunc(p.root, func() { c.Close() })
+	defer stop()
+	warnEvery(&pt.lastWarn, func() {
+		p.log.Warn("proxy port is full; refusing clients", "port", pt.name, "max_conn", p.cfg.MaxConn)
+	})
+	reply(c, nil, "53300", "too many connections through the pgha proxy")
+}
+
+// reply reads the client's startup packet (briefly), sends a FATAL
+// ErrorResponse and half-closes so that the client reads it before the
+// caller closes the socket.
+func reply(c *net.TCPConn, first *header, sqlstate, msg string) {
+	c.SetDeadline(time.Now().Add(refuseTimeout))
+	if readStartup(c, first) != nil {
+		return
+	}
+	if _, err := c.Write(errorResponse(sqlstate, msg)); err != nil {
+		return
+	}
+	c.CloseWrite()
+}
+
+// warnEvery runs warn unless it ran less than warnInterval ago.
+func warnEvery(last *atomic.Int64, warn func()) {
+	now := time.Now().UnixNano()
+	prev := last.Load()
+	if now-prev < int64(warnInterval) || !last.CompareAndSwap(prev, now) {
+		return
+	}
+	warn()
+}
