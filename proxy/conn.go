@@ -23,8 +23,7 @@ func (p *Proxy) handle(pt *port, c *net.TCPConn) {
 	defer c.Close()
 	// Close must reach the client at every stage before the splice (held,
 	// handshaking, dialling); the splice has its generation's close.
-	stop := context.AfterFunc(p.root, func() { c.Close() })
-	defer stop()
+	defer closeOnDone(p.root, c)()
 
 	// Hold first, reading nothing: the client's startup packet waits in
 	// the kernel until there is a backend to hand it to.
@@ -76,6 +75,9 @@ func (p *Proxy) handle(pt *port, c *net.TCPConn) {
 			if p.root.Err() != nil {
 				return
 			}
+			if t.ctx.Err() != nil {
+				continue // it left the routes while we dialled: pick again
+			}
 			t.st.errors.Add(1)
 			p.log.Debug("proxy dial failed", "port", pt.name, "backend", t.b.Name, "addr", t.b.Addr, "err", err)
 			warnEvery(&t.st.lastWarn, func() {
@@ -115,11 +117,7 @@ func (p *Proxy) pipe(pt *port, t *target, client, server *net.TCPConn, first hea
 	start := time.Now()
 	// The generation's close channel: a routing change that removes t,
 	// or Close, closes both sockets, which ends both copies at once.
-	stop := context.AfterFunc(t.ctx, func() {
-		client.Close()
-		server.Close()
-	})
-	defer stop()
+	defer closeOnDone(t.ctx, client, server)()
 	p.log.Debug("proxy connection opened", "port", pt.name, "client", client.RemoteAddr().String(), "backend", t.b.Name, "addr", t.b.Addr)
 
 	var up int64
@@ -170,8 +168,8 @@ func finish(dst, src *net.TCPConn, err error) {
 // know which server without tracking sessions, and every other server
 // ignores a key it does not own, so fanning out is both simple and safe.
 func (p *Proxy) forwardCancel(pt *port, c *net.TCPConn, first header) {
-	var pkt [cancelLen]byte
-	copy(pkt[:], first[:])
+	pkt := make([]byte, first.length())
+	copy(pkt, first[:])
 	if _, err := io.ReadFull(c, pkt[8:]); err != nil {
 		return
 	}
@@ -181,7 +179,7 @@ func (p *Proxy) forwardCancel(pt *port, c *net.TCPConn, first header) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := p.sendCancel(b, pkt[:]); err != nil && p.root.Err() == nil {
+			if err := p.sendCancel(b, pkt); err != nil && p.root.Err() == nil {
 				p.log.Debug("proxy could not forward a cancel request", "port", pt.name, "backend", b.Name, "addr", b.Addr, "err", err)
 			}
 		}()
@@ -198,8 +196,7 @@ func (p *Proxy) sendCancel(b Backend, pkt []byte) error {
 		return err
 	}
 	defer conn.Close()
-	stop := context.AfterFunc(p.root, func() { conn.Close() })
-	defer stop()
+	defer closeOnDone(p.root, conn)()
 	conn.SetDeadline(time.Now().Add(p.cfg.ConnectTimeout))
 	if _, err := conn.Write(pkt); err != nil {
 		return err
@@ -230,8 +227,7 @@ func (p *Proxy) refuseFull(pt *port, c *net.TCPConn) {
 	defer p.wg.Done()
 	defer pt.refusing.Add(-1)
 	defer c.Close()
-	stop := context.AfterFunc(p.root, func() { c.Close() })
-	defer stop()
+	defer closeOnDone(p.root, c)()
 	warnEvery(&pt.lastWarn, func() {
 		p.log.Warn("proxy port is full; refusing clients", "port", pt.name, "max_conn", p.cfg.MaxConn)
 	})
@@ -260,4 +256,23 @@ func warnEvery(last *atomic.Int64, warn func()) {
 		return
 	}
 	warn()
+}
+
+// closeOnDone closes conns when ctx ends (a routing generation ends, or
+// Close), without a watcher goroutine: context.AfterFunc only starts one
+// at that moment. The returned release undoes it, or waits for a close
+// already under way, so no goroutine outlives the connection.
+func closeOnDone(ctx context.Context, conns ...io.Closer) (release func()) {
+	closed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(closed)
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return func() {
+		if !stop() {
+			<-closed
+		}
+	}
 }

@@ -13,11 +13,15 @@ import (
 // session (which is spliced to one backend), and to answer a client we
 // turn away with an ErrorResponse it can show.
 const (
-	codeCancel = 80877102 // CancelRequest: length 16, pid, secret key
+	codeCancel = 80877102 // CancelRequest: length, code, pid, secret key
 	codeSSL    = 80877103 // SSLRequest: length 8
 	codeGSSENC = 80877104 // GSSENCRequest: length 8
 
-	cancelLen = 16
+	// A cancel request is 16 bytes up to protocol 3.1 (PostgreSQL 15);
+	// protocol 3.2 (PostgreSQL 18) allows secret keys of up to 256
+	// bytes, which costs nothing to pass on as well.
+	minCancelLen = 16
+	maxCancelLen = 12 + 256
 	// maxStartup matches PostgreSQL's own limit on a startup packet.
 	maxStartup = 10000
 )
@@ -36,7 +40,7 @@ func (h *header) check() error {
 	switch {
 	case n < 8 || n > maxStartup:
 		return errGarbage
-	case h.code() == codeCancel && n != cancelLen:
+	case h.code() == codeCancel && (n < minCancelLen || n > maxCancelLen):
 		return errGarbage
 	case (h.code() == codeSSL || h.code() == codeGSSENC) && n != 8:
 		return errGarbage

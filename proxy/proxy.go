@@ -199,10 +199,15 @@ func (p *Proxy) Serve(ctx context.Context) {
 	}
 	p.mu.Unlock()
 
-	stop := context.AfterFunc(ctx, p.stop)
-	defer stop()
+	stopped := make(chan struct{})
+	cancelStop := context.AfterFunc(ctx, func() {
+		defer close(stopped)
+		p.stop()
+	})
 	<-p.root.Done()
-	p.stop() // Close may have cancelled root without closing listeners yet
+	if !cancelStop() {
+		<-stopped
+	}
 	p.wg.Wait()
 }
 

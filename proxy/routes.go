@@ -3,7 +3,6 @@ package proxy
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"net"
 	"slices"
 	"strings"
@@ -29,9 +28,9 @@ type target struct {
 // backendStats accumulate per port and backend name across generations,
 // so counters stay monotonic when a member leaves and comes back.
 type backendStats struct {
-	addr                                       string // latest, guarded by port.mu
+	addr                                      string // latest, guarded by port.mu
 	current, total, bytesIn, bytesOut, errors atomic.Int64
-	lastWarn                                   atomic.Int64 // unix nanos of the last dial-failure warning
+	lastWarn                                  atomic.Int64 // unix nanos of the last dial-failure warning
 }
 
 // port is one listener with its own routing table and counters.
@@ -40,9 +39,10 @@ type port struct {
 	ln   *net.TCPListener
 	addr string
 
-	current, total, refused   atomic.Int64
-	heldNow, heldTotal        atomic.Int64
-	holdNanos, refusing       atomic.Int64
+	current, total, refused atomic.Int64
+	heldNow, heldTotal      atomic.Int64
+	holdNanos, refusing     atomic.Int64
+	lastWarn                atomic.Int64 // unix nanos of the last "port full" warning
 
 	mu       sync.Mutex
 	live     map[string]*target // every backend connections may stay on
@@ -310,5 +310,3 @@ func (p *Proxy) waitRoutable(pt *port, h *hold) bool {
 		}
 	}
 }
-
-func (pt *port) String() string { return fmt.Sprintf("%s port %s", pt.name, pt.addr) }
