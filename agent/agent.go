@@ -23,6 +23,7 @@ import (
 	"github.com/pgha/pgha/config"
 	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/pgnode"
+	"github.com/pgha/pgha/proxy"
 	"github.com/pgha/pgha/raftfsm"
 )
 
@@ -43,6 +44,7 @@ type Agent struct {
 	gossip *membership.Gossip
 	pg     *pgnode.Node
 	api    *api.Server
+	proxy  *proxy.Proxy
 
 	// leaderReady is true while this node is Raft leader and has passed
 	// the Barrier of its current term.
@@ -189,8 +191,17 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 	}
 	a.gossip = g
 
+	px, err := newProxy(cfg, a)
+	if err != nil {
+		g.Close()
+		rn.Close()
+		a.closePG()
+		return nil, err
+	}
+	a.proxy = px
 	srv, err := api.New(api.Options{Addr: cfg.API.Addr, Logger: logger.With("component", "api")}, a)
 	if err != nil {
+		px.Close()
 		g.Close()
 		rn.Close()
 		a.closePG()
@@ -238,6 +249,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.spawn(func() { a.haLoop(ctx) })
 	a.spawn(func() { a.fenceLoop(ctx) })
 	a.spawn(func() { a.beat(ctx) })
+	a.spawn(func() { a.proxy.Serve(ctx) })
+	a.spawn(func() { a.routeLoop(ctx) })
 
 	select {
 	case <-ctx.Done():
@@ -255,10 +268,14 @@ func (a *Agent) spawn(f func()) {
 	}()
 }
 
-// close stops the loops, then PostgreSQL (it is our child), gossip, Raft.
+// close stops the loops and the proxy, then PostgreSQL (it is our
+// child), gossip, Raft.
 func (a *Agent) close() error {
 	a.wg.Wait()
 	var errs []error
+	if err := a.proxy.Close(); err != nil {
+		errs = append(errs, err)
+	}
 	if a.pg != nil {
 		stopCtx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
@@ -380,6 +397,8 @@ func (a *Agent) baseMeta() membership.Meta {
 		Raft:     advertiseOr(c.Raft.Advertise, c.Raft.Addr),
 		API:      advertiseOr(c.API.Advertise, c.API.Addr),
 		PG:       c.PostgreSQL.ConnectAddress,
+		Write:    c.Proxy.WriteAddr,
+		Read:     c.Proxy.ReadAddr,
 		Expect:   c.BootstrapExpect,
 		Witness:  c.Witness,
 		NoFail:   c.Tags.NoFailover,

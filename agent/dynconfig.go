@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/config"
 	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/raftfsm"
 )
@@ -158,33 +159,12 @@ func decodeSize(key string, raw json.RawMessage, out *int64) error {
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return fmt.Errorf("%s: want bytes or a size such as \"16MB\"", key)
 	}
-	v, err := ParseSize(s)
+	v, err := config.ParseSize(s)
 	if err != nil {
 		return fmt.Errorf("%s: %v", key, err)
 	}
 	*out = v
 	return nil
-}
-
-// ParseSize parses "16MB", "1GB", "512kB", "100" (bytes).
-func ParseSize(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"KB", 1 << 10}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	return n * mult, nil
 }
 
 // paramValue turns a JSON string, number or boolean into a setting value.

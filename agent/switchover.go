@@ -102,6 +102,13 @@ func (a *Agent) Switchover(ctx context.Context, req api.SwitchoverRequest) (api.
 			a.actionMu.Unlock()
 		}
 	}()
+	// Proxies first stop sending new connections to this primary (they
+	// are held, not refused), then it stops: no client meets a server
+	// that is shutting down.
+	if err := a.raft.Apply(raftfsm.SetDemoting{Member: a.cfg.Name, Epoch: st.Primary.Epoch, Demoting: true}, applyTimeout); err != nil {
+		return res, errStatus(err)
+	}
+	time.Sleep(routeTick + 100*time.Millisecond)
 	a.log.Info("switchover: stopping the primary cleanly", "candidate", cand)
 	a.primaryUp.Store(false)
 	stopCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
@@ -146,6 +153,9 @@ func (a *Agent) abortSwitchover(ctx context.Context, cause error) error {
 		defer cancel()
 		if err := a.pg.Start(sctx); err != nil {
 			a.log.Error("restart after aborted switchover", "err", err)
+		}
+		if err := a.raft.Apply(raftfsm.SetDemoting{Member: a.cfg.Name, Epoch: st.Primary.Epoch}, applyTimeout); err != nil {
+			a.log.Error("clear the demoting mark", "err", err)
 		}
 	}
 	return api.Errorf(http.StatusConflict, "switchover aborted, the primary is unchanged: %v", cause)

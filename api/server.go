@@ -55,6 +55,8 @@ type Backend interface {
 	// Restart and Reload act on this member's PostgreSQL.
 	Restart(ctx context.Context) error
 	Reload(ctx context.Context) error
+	// ProxyStats is the body of GET /proxy (the proxy's counters).
+	ProxyStats() any
 	// LeaderAPI returns the leader's API address, "" when unknown.
 	LeaderAPI() string
 }
@@ -103,6 +105,7 @@ func New(o Options, b Backend) (*Server, error) {
 	mux.HandleFunc("POST /v1/pause", s.handlePause)
 	mux.HandleFunc("GET /history", s.handleHistory)
 	mux.HandleFunc("GET /config", s.handleConfig)
+	mux.HandleFunc("GET /proxy", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.backend.ProxyStats()) })
 	mux.HandleFunc("PATCH /config", s.handlePatchConfig)
 	mux.HandleFunc("POST /restart", s.handleRestart)
 	mux.HandleFunc("POST /reload", s.handleReload)

@@ -119,6 +119,8 @@ func (b *fakeBackend) CancelSwitchover(ctx context.Context) error {
 	return errors.New("fake: CancelSwitchover not expected")
 }
 
+func (b *fakeBackend) ProxyStats() any { return map[string]any{} }
+
 func (b *fakeBackend) Restart(ctx context.Context) error {
 	return errors.New("fake: Restart not expected")
 }

@@ -122,6 +122,17 @@ type Credentials struct {
 type Proxy struct {
 	WriteAddr string `yaml:"write_addr"`
 	ReadAddr  string `yaml:"read_addr"`
+	// HoldTimeout is how long a new write connection waits for a primary
+	// (failover, switchover) before it is refused.
+	HoldTimeout Duration `yaml:"hold_timeout"`
+	// MaxReplicaLag takes a replica out of the read port when it is more
+	// than this many bytes behind the primary ("16MB").
+	MaxReplicaLag string `yaml:"max_replica_lag"`
+	// ReadFallbackPrimary sends reads to the primary when no replica is
+	// healthy.
+	ReadFallbackPrimary bool `yaml:"read_fallback_primary"`
+	// MaxConn bounds the client connections of each port.
+	MaxConn int `yaml:"max_conn"`
 }
 
 // Tags are per-member behaviour switches, gossiped and shown in `pgha list`.
@@ -158,7 +169,8 @@ func Default() Config {
 			MaxSlotWalKeepSize: "4GB",
 			StartTimeout:       Duration{60 * time.Second},
 		},
-		Proxy: Proxy{WriteAddr: "127.0.0.1:5000", ReadAddr: "127.0.0.1:5001"},
-		Tags:  Tags{FailoverPriority: 1},
+		Proxy: Proxy{WriteAddr: "127.0.0.1:5000", ReadAddr: "127.0.0.1:5001", HoldTimeout: Duration{30 * time.Second},
+			MaxReplicaLag: "16MB", ReadFallbackPrimary: true, MaxConn: 1000},
+		Tags: Tags{FailoverPriority: 1},
 	}
 }

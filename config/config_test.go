@@ -537,7 +537,7 @@ func TestKeys(t *testing.T) {
 		t.Error("sections must not be listed as keys")
 	}
 	// Every key can be set through the environment.
-	if n := len(byKey); n != 38 {
+	if n := len(byKey); n != 42 {
 		t.Errorf("got %d keys; update this count when adding settings", n)
 	}
 }

@@ -106,8 +106,12 @@ var help = map[string]string{
 	"postgresql.max_slot_wal_keep_size": "WAL a replication slot may retain, e.g. 4GB (-1: unlimited)",
 	"postgresql.start_timeout":          "time allowed for PostgreSQL to start, crash recovery included",
 
-	"proxy.write_addr": "host:port of the proxy port that leads to the primary",
-	"proxy.read_addr":  "host:port of the proxy port that leads to replicas",
+	"proxy.write_addr":            "host:port of the proxy port that leads to the primary",
+	"proxy.read_addr":             "host:port of the proxy port that leads to replicas",
+	"proxy.hold_timeout":          "how long a new write connection waits for a primary before it is refused",
+	"proxy.max_replica_lag":       "replicas further behind than this (e.g. 16MB) leave the read port",
+	"proxy.read_fallback_primary": "send reads to the primary when no replica is healthy",
+	"proxy.max_conn":              "client connection limit of each proxy port",
 
 	"tags.nofailover":        "never promote this member",
 	"tags.noloadbalance":     "keep this member out of the read proxy",

@@ -63,6 +63,7 @@ type Node struct {
 	ConfigPath            string
 	LogPath               string
 	PG, API, Raft, Gossip int
+	Write, Read           int // proxy ports
 	cmd                   *exec.Cmd
 	exited                chan struct{}
 }
@@ -114,6 +115,7 @@ func (c *Cluster) layout(name string) *Node {
 	nd.LogPath = filepath.Join(c.Dir, name+".log")
 	nd.PG, nd.API, nd.Raft = freePort(c.t), freePort(c.t), freePort(c.t)
 	nd.Gossip = freeUDPTCPPort(c.t)
+	nd.Write, nd.Read = freePort(c.t), freePort(c.t)
 	return nd
 }
 
@@ -136,6 +138,7 @@ func (c *Cluster) writeConfig(nd *Node, expect int, join []string) {
 		fmt.Fprintf(&b, "  join: [%s]\n", strings.Join(join, ", "))
 	}
 	fmt.Fprintf(&b, "api:\n  addr: 127.0.0.1:%d\n", nd.API)
+	fmt.Fprintf(&b, "proxy:\n  write_addr: 127.0.0.1:%d\n  read_addr: 127.0.0.1:%d\n", nd.Write, nd.Read)
 	fmt.Fprintf(&b, "postgresql:\n  listen: 127.0.0.1\n  port: %d\n", nd.PG)
 	fmt.Fprintf(&b, "  superuser:\n    password: %s\n  replication:\n    password: %s\n", superPass, replPass)
 	b.WriteString("  max_slot_wal_keep_size: 256MB\n  parameters:\n    shared_buffers: 32MB\n    max_connections: \"20\"\n")

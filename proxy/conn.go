@@ -55,7 +55,15 @@ func (p *Proxy) handle(pt *port, c *net.TCPConn) {
 		t, changed := pt.pick(tried)
 		if t == nil {
 			if len(tried) > 0 {
-				// Every routable backend refused: say which, don't hold.
+				// Every routable backend refused. During a switchover the
+				// old primary refuses before the routes say so: hold and
+				// try again (on the next table change, or shortly) within
+				// the client's hold budget, and only then say which
+				// backend failed.
+				if time.Now().Before(h.deadline) && p.pause(pt, &h, changed, retryPause) {
+					tried = tried[:0]
+					continue
+				}
 				last := tried[len(tried)-1]
 				pt.refused.Add(1)
 				reply(c, &first, "08006", fmt.Sprintf("pgha proxy could not connect to %s (%s): %v", last.b.Name, last.b.Addr, lastErr))

@@ -310,3 +310,38 @@ func (p *Proxy) waitRoutable(pt *port, h *hold) bool {
 		}
 	}
 }
+
+// retryPause is how long a client whose backends all refused waits before
+// trying them again, when the routing table does not change first.
+const retryPause = 100 * time.Millisecond
+
+// pause waits for a table change, d, the hold deadline or shutdown, and
+// reports whether to try again (false only on shutdown or a spent hold).
+func (p *Proxy) pause(pt *port, h *hold, ch <-chan struct{}, d time.Duration) bool {
+	if !h.counted {
+		h.counted = true
+		pt.heldTotal.Add(1)
+	}
+	left := time.Until(h.deadline)
+	if left <= 0 {
+		return false
+	}
+	if d > left {
+		d = left
+	}
+	pt.heldNow.Add(1)
+	start := time.Now()
+	defer func() {
+		pt.heldNow.Add(-1)
+		pt.holdNanos.Add(int64(time.Since(start)))
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	case <-p.root.Done():
+		return false
+	}
+	return true
+}

@@ -87,6 +87,16 @@ func ApplyCommand(s *State, data []byte) error {
 		}
 		s.SyncSet = append([]string(nil), c.Members...)
 		return nil
+	case CmdSetDemoting:
+		var c SetDemoting
+		if err := decodePayload(env, &c); err != nil {
+			return err
+		}
+		if s.Primary == nil || s.Primary.Member != c.Member || s.Primary.Epoch != c.Epoch {
+			return fmt.Errorf("%w: set_demoting from %s epoch %d: not the current primary", ErrRejected, c.Member, c.Epoch)
+		}
+		s.Primary.Demoting = c.Demoting
+		return nil
 	case CmdSchedule:
 		var c Schedule
 		if len(env.Payload) == 0 {

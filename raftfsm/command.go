@@ -24,6 +24,7 @@ const (
 	CmdPromoted      CommandType = "promoted"
 	CmdSetSyncSet    CommandType = "set_sync_set"
 	CmdSchedule      CommandType = "schedule_switchover"
+	CmdSetDemoting   CommandType = "set_demoting"
 	CmdNoop          CommandType = "noop"
 )
 
@@ -78,6 +79,14 @@ type SetPrimary struct {
 	At          time.Time `json:"at"`
 	// LastSeen: see HistoryEntry.LastSeen.
 	LastSeen time.Time `json:"last_seen,omitempty"`
+}
+
+// SetDemoting marks the current primary as being stopped by a switchover
+// (or clears the mark when the switchover is aborted).
+type SetDemoting struct {
+	Member   string `json:"member"`
+	Epoch    uint64 `json:"epoch"`
+	Demoting bool   `json:"demoting"`
 }
 
 // Schedule sets (or, with Switchover nil, clears) the planned switchover.
@@ -150,6 +159,8 @@ func Encode(payload any) ([]byte, error) {
 		t = CmdSetSyncSet
 	case Schedule:
 		t = CmdSchedule
+	case SetDemoting:
+		t = CmdSetDemoting
 	case nil:
 		t = CmdNoop
 	default:

@@ -65,6 +65,9 @@ type PrimaryRecord struct {
 	// Initializing is true between the claim of the first leader and the
 	// end of its initdb: nobody may clone from it yet.
 	Initializing bool `json:"initializing,omitempty"`
+	// Demoting is true while a switchover stops this primary: proxies stop
+	// sending it new connections before it starts refusing them.
+	Demoting bool `json:"demoting,omitempty"`
 }
 
 // LSNRecord is a WAL position on a timeline, as seen at a given time.

@@ -54,6 +54,8 @@ type clusterFileNode struct {
 	DSN      string `json:"dsn"`
 	Raft     string `json:"raft"`
 	Gossip   string `json:"gossip"`
+	Write    string `json:"write"` // proxy write port: always the primary
+	Read     string `json:"read"`  // proxy read port: the replicas
 	Log      string `json:"log"`
 }
 
@@ -95,7 +97,7 @@ func runDemo(c *cli.Context) error {
 	}
 	nodes := layoutDemo(dir, n, base)
 	for _, nd := range nodes {
-		for _, p := range []int{nd.PG, nd.API, nd.Raft, nd.Gossip} {
+		for _, p := range []int{nd.PG, nd.API, nd.Raft, nd.Gossip, nd.W, nd.R} {
 			if err := portFree(p); err != nil {
 				return fmt.Errorf("port %d is in use (another demo still running? try --port-base): %w", p, err)
 			}
@@ -378,6 +380,7 @@ func writeClusterFile(dir string, nodes []demoNode, st demoState) clusterFile {
 		cf.Nodes = append(cf.Nodes, clusterFileNode{
 			Name: nd.Name, API: fmt.Sprintf("127.0.0.1:%d", nd.API), Postgres: fmt.Sprintf("127.0.0.1:%d", nd.PG),
 			DSN: dsn(st, nd.PG), Raft: fmt.Sprintf("127.0.0.1:%d", nd.Raft), Gossip: fmt.Sprintf("127.0.0.1:%d", nd.Gossip),
+			Write: fmt.Sprintf("127.0.0.1:%d", nd.W), Read: fmt.Sprintf("127.0.0.1:%d", nd.R),
 			Log: nd.LogPath,
 		})
 	}
@@ -395,14 +398,20 @@ func printDemo(ci api.ClusterInfo, nodes []demoNode, cf clusterFile, took time.D
 	for _, m := range ci.Members {
 		roles[m.Name] = roleNames[m.Role]
 	}
-	t := &table{header: []string{"Node", "Role", "PostgreSQL", "REST API", "Raft", "Gossip"}}
+	t := &table{header: []string{"Node", "Role", "PostgreSQL", "Proxy write", "Proxy read", "REST API", "Raft", "Gossip"}}
 	for _, nd := range nodes {
-		t.add(nd.Name, roles[nd.Name], fmt.Sprintf("127.0.0.1:%d", nd.PG), fmt.Sprintf("127.0.0.1:%d", nd.API),
+		t.add(nd.Name, roles[nd.Name], fmt.Sprintf("127.0.0.1:%d", nd.PG), fmt.Sprintf("127.0.0.1:%d", nd.W),
+			fmt.Sprintf("127.0.0.1:%d", nd.R), fmt.Sprintf("127.0.0.1:%d", nd.API),
 			fmt.Sprintf("127.0.0.1:%d", nd.Raft), fmt.Sprintf("127.0.0.1:%d", nd.Gossip))
 	}
 	fmt.Println()
 	t.render(os.Stdout)
-	fmt.Println("\nConnect with psql:")
+	fmt.Println("\nConnect through any node's proxy (the write port always reaches the primary, the read port a replica):")
+	for i, n := range cf.Nodes {
+		fmt.Printf("  psql '%s'   # %s proxy write port\n", dsn(demoState{Password: passwordOf(n.DSN)}, nodes[i].W), n.Name)
+		fmt.Printf("  psql '%s'   # %s proxy read port\n", dsn(demoState{Password: passwordOf(n.DSN)}, nodes[i].R), n.Name)
+	}
+	fmt.Println("\nOr directly to each PostgreSQL:")
 	for i, n := range cf.Nodes {
 		fmt.Printf("  psql '%s'   # %s (%s)\n", n.DSN, n.Name, strings.ToLower(roles[nodes[i].Name]))
 	}
@@ -422,4 +431,14 @@ func lastLines(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// passwordOf extracts the password of a libpq URL.
+func passwordOf(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return ""
+	}
+	p, _ := u.User.Password()
+	return p
 }

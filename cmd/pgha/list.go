@@ -56,7 +56,7 @@ func renderCluster(w io.Writer, ci api.ClusterInfo) {
 	}
 	t := &table{
 		title:  title,
-		header: []string{"Member", "Host", "Role", "State", "TL", "Lag in MB", "Raft", "Tags"},
+		header: []string{"Member", "Host", "Role", "State", "TL", "Lag in MB", "Raft", "Proxy w/r", "Tags"},
 		right:  map[int]bool{4: true, 5: true},
 	}
 	var notes []string
@@ -72,7 +72,7 @@ func renderCluster(w io.Writer, ci api.ClusterInfo) {
 		if m.LagBytes != nil {
 			lag = strconv.FormatInt(*m.LagBytes>>20, 10)
 		}
-		t.add(m.Name, m.Host, role, m.State, tl, lag, m.Raft, formatTags(m.Tags))
+		t.add(m.Name, m.Host, role, m.State, tl, lag, m.Raft, proxyPorts(m), formatTags(m.Tags))
 		if m.Error != "" {
 			notes = append(notes, fmt.Sprintf("%s: %s", m.Name, m.Error))
 		} else if m.Waiting != "" {
@@ -118,4 +118,18 @@ func formatTags(tags map[string]any) string {
 		parts[i] = fmt.Sprintf("%s: %v", k, tags[k])
 	}
 	return strings.Join(parts, ", ")
+}
+
+// proxyPorts shows a member's proxy ports as "5000/5001".
+func proxyPorts(m api.MemberInfo) string {
+	port := func(addr string) string {
+		if i := strings.LastIndex(addr, ":"); i >= 0 {
+			return addr[i+1:]
+		}
+		return addr
+	}
+	if m.Write == "" && m.Read == "" {
+		return ""
+	}
+	return port(m.Write) + "/" + port(m.Read)
 }

@@ -225,7 +225,7 @@ func sampleCluster() api.ClusterInfo {
 		Primary:     "pg1",
 		Observer:    "pg2",
 		Members: []api.MemberInfo{
-			{Name: "pg1", Host: "10.0.0.1:5432", Role: "leader", State: "running", Timeline: 3, LagBytes: lag(0), Raft: "leader", Tags: map[string]any{"nofailover": true, "failover_priority": 2}},
+			{Name: "pg1", Host: "10.0.0.1:5432", Role: "leader", State: "running", Timeline: 3, LagBytes: lag(0), Raft: "leader", Tags: map[string]any{"nofailover": true, "failover_priority": 2}, Write: "10.0.0.1:5000", Read: "10.0.0.1:5001"},
 			{Name: "pg2", Host: "10.0.0.2:5432", Role: "replica", State: "streaming", Timeline: 3, LagBytes: lag(123 << 20), Raft: "voter", Waiting: "waiting for the primary to confirm the slot"},
 			{Name: "pg3", Host: "10.0.0.3:5432", Role: "replica", State: "stopped", Timeline: 2, LagBytes: lag(5<<20 + 1), Raft: "nonvoter", Error: "pg_rewind failed: source and target clusters are from different systems", Waiting: "hidden behind the error"},
 			{Name: "w1", Role: "witness", State: "running", Raft: "voter"},
@@ -237,14 +237,14 @@ func TestRenderCluster(t *testing.T) {
 	var b bytes.Buffer
 	renderCluster(&b, sampleCluster())
 	want := strings.Join([]string{
-		"+ Cluster: prod (7301234567890123456) ---------+----+-----------+----------+----------------------------------------+",
-		"| Member | Host          | Role    | State     | TL | Lag in MB | Raft     | Tags                                   |",
-		"+--------+---------------+---------+-----------+----+-----------+----------+----------------------------------------+",
-		"| pg1    | 10.0.0.1:5432 | Leader  | running   |  3 |         0 | leader   | failover_priority: 2, nofailover: true |",
-		"| pg2    | 10.0.0.2:5432 | Replica | streaming |  3 |       123 | voter    |                                        |",
-		"| pg3    | 10.0.0.3:5432 | Replica | stopped   |  2 |         5 | nonvoter |                                        |",
-		"| w1     |               | Witness | running   |    |           | voter    |                                        |",
-		"+--------+---------------+---------+-----------+----+-----------+----------+----------------------------------------+",
+		"+ Cluster: prod (7301234567890123456) ---------+----+-----------+----------+-----------+----------------------------------------+",
+		"| Member | Host          | Role    | State     | TL | Lag in MB | Raft     | Proxy w/r | Tags                                   |",
+		"+--------+---------------+---------+-----------+----+-----------+----------+-----------+----------------------------------------+",
+		"| pg1    | 10.0.0.1:5432 | Leader  | running   |  3 |         0 | leader   | 5000/5001 | failover_priority: 2, nofailover: true |",
+		"| pg2    | 10.0.0.2:5432 | Replica | streaming |  3 |       123 | voter    |           |                                        |",
+		"| pg3    | 10.0.0.3:5432 | Replica | stopped   |  2 |         5 | nonvoter |           |                                        |",
+		"| w1     |               | Witness | running   |    |           | voter    |           |                                        |",
+		"+--------+---------------+---------+-----------+----+-----------+----------+-----------+----------------------------------------+",
 		// An error hides the waiting reason of the same member.
 		" pg2: waiting for the primary to confirm the slot",
 		" pg3: pg_rewind failed: source and target clusters are from different systems",
@@ -293,11 +293,11 @@ func TestRenderCluster_NoLeader(t *testing.T) {
 		Members:  []api.MemberInfo{{Name: "pg2", Role: "replica", State: "stopped", Raft: "voter"}},
 	})
 	want := strings.Join([]string{
-		"+ Cluster: prod +---------+---------+----+-----------+-------+------+",
-		"| Member | Host | Role    | State   | TL | Lag in MB | Raft  | Tags |",
-		"+--------+------+---------+---------+----+-----------+-------+------+",
-		"| pg2    |      | Replica | stopped |    |           | voter |      |",
-		"+--------+------+---------+---------+----+-----------+-------+------+",
+		"+ Cluster: prod +---------+---------+----+-----------+-------+-----------+------+",
+		"| Member | Host | Role    | State   | TL | Lag in MB | Raft  | Proxy w/r | Tags |",
+		"+--------+------+---------+---------+----+-----------+-------+-----------+------+",
+		"| pg2    |      | Replica | stopped |    |           | voter |           |      |",
+		"+--------+------+---------+---------+----+-----------+-------+-----------+------+",
 		" Maintenance mode: on (no automatic failover or restart)",
 		" Cluster not initialised yet",
 		" No Raft leader: fewer than a quorum of members are reachable from pg2",
