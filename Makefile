@@ -10,7 +10,7 @@ STATICCHECK_VERSION := v0.8.2
 # Packages whose tests are pure logic or in-process concurrency: run with -race.
 UNIT_PKGS := ./raftfsm/... ./membership/... ./agent/... ./api/... ./config/... ./proxy/... ./cmd/...
 
-.PHONY: all build test unit integration demo bench bench-failover bench-bootstrap lint fuzz deps clean
+.PHONY: all build test unit integration demo bench bench-failover bench-bootstrap bench-proxy lint fuzz deps clean
 
 all: build
 
@@ -36,7 +36,11 @@ integration: build
 demo: deps build
 	./$(BIN) demo
 
-bench: bench-bootstrap bench-failover
+bench: bench-bootstrap bench-failover bench-proxy
+
+# ROUNDS=N DURATION=S (default 3 rounds of 15 s per target and workload).
+bench-proxy: deps build
+	scripts/bench-proxy.sh
 
 bench-bootstrap: deps build
 	scripts/bench-bootstrap.sh
