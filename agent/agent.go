@@ -72,6 +72,7 @@ type Agent struct {
 	// fail (HA loop only).
 	yield          atomic.Bool
 	failingSince   time.Time
+	lastStart      time.Time     // when the HA loop last started PostgreSQL (HA loop only)
 	lostLeadership chan struct{} // poked when Raft leadership is lost
 	// actionMu is held by each HA loop round and by a switchover, which
 	// must own PostgreSQL while it runs.

@@ -34,8 +34,11 @@ func (a *Agent) haLoop(ctx context.Context) {
 	for {
 		// While a graceful leave runs, the loop stands still (and goes on
 		// if the leave fails).
-		if !a.leaving.Load() {
-			a.round(ctx)
+		var soon <-chan time.Time
+		if !a.leaving.Load() && a.round(ctx) {
+			// Something is on its way (a replica connecting to its
+			// primary): look again shortly rather than in a second.
+			soon = time.After(transitionRecheck)
 		}
 		var exited <-chan struct{}
 		if a.pg != nil {
@@ -48,6 +51,7 @@ func (a *Agent) haLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-soon:
 		case <-a.wake:
 		case <-exited:
 			fired = exited
@@ -56,15 +60,20 @@ func (a *Agent) haLoop(ctx context.Context) {
 	}
 }
 
-// round is one pass: gather inputs, decide, act, publish status.
-func (a *Agent) round(ctx context.Context) {
+// transitionRecheck is how soon the loop runs again while PostgreSQL is
+// between states (a replica not yet streaming).
+const transitionRecheck = 200 * time.Millisecond
+
+// round is one pass: gather inputs, decide, act, publish status. It
+// reports whether the local PostgreSQL is in transition.
+func (a *Agent) round(ctx context.Context) bool {
 	// A switchover in progress owns PostgreSQL: the loop waits for it.
 	a.actionMu.Lock()
 	defer a.actionMu.Unlock()
 	local := a.probe(ctx)
 	if !a.raft.HasConfiguration() {
 		a.publish(local, a.maybeBootstrap())
-		return
+		return false
 	}
 	if a.formation.Load() {
 		if id, _ := a.raft.Leader(); id != "" {
@@ -130,7 +139,7 @@ func (a *Agent) round(ctx context.Context) {
 		}
 		if err := a.perform(ctx, act, in); err != nil {
 			if ctx.Err() != nil {
-				return
+				return false
 			}
 			failure = fmt.Sprintf("%s: %v", act.Kind, err)
 			break
@@ -141,6 +150,7 @@ func (a *Agent) round(ctx context.Context) {
 	a.trackPrimaryStart(holder, primaryOK || (local.Running && !local.InRecovery), st)
 	a.noteProblem(waiting, failure)
 	a.publish(local, waiting)
+	return local.Running && local.InRecovery && !local.Streaming && time.Since(a.lastStart) < 10*time.Second
 }
 
 // noteProblem records why nothing happens and logs it once per change.
@@ -602,6 +612,7 @@ func (a *Agent) ensureRunning(ctx context.Context, role pgnode.Role, up *pgnode.
 		if err := a.pg.Start(sctx); err != nil {
 			return fmt.Errorf("start: %w", err)
 		}
+		a.lastStart = time.Now()
 		a.setStatus(func(s *NodeStatus) { s.Pending = false })
 		return nil
 	}
