@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"os"
+	"time"
 
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/config"
@@ -66,4 +68,46 @@ func noArgs(c *cli.Context) error {
 		return usagef("%s takes no arguments (got %q)", c.Command.Name, c.Args().Slice())
 	}
 	return nil
+}
+
+// call runs do against the agent chosen by --api/--config, within timeout.
+func call(c *cli.Context, timeout time.Duration, do func(ctx context.Context, cl *api.Client) error) error {
+	cl, err := apiClient(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Context, timeout)
+	defer cancel()
+	return do(ctx, cl)
+}
+
+// readCommand builds a command that fetches one thing from an agent and
+// prints it: render for people, -o json for scripts.
+func readCommand[T any](name, usage string, fetch func(context.Context, *api.Client) (T, error), render func(io.Writer, T)) *cli.Command {
+	return &cli.Command{
+		Name:      name,
+		Usage:     usage,
+		ArgsUsage: " ",
+		Flags:     append(clientFlags(), outputFlag()),
+		Action: func(c *cli.Context) error {
+			if err := noArgs(c); err != nil {
+				return err
+			}
+			format, err := outputFormat(c)
+			if err != nil {
+				return err
+			}
+			return call(c, 10*time.Second, func(ctx context.Context, cl *api.Client) error {
+				v, err := fetch(ctx, cl)
+				if err != nil {
+					return err
+				}
+				if format == "json" {
+					return printJSON(stdout(), v)
+				}
+				render(stdout(), v)
+				return nil
+			})
+		},
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -13,40 +14,11 @@ import (
 )
 
 func showConfigCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "show-config",
-		Usage:     "print the cluster-wide dynamic configuration kept in Raft",
-		ArgsUsage: " ",
-		Flags:     append(clientFlags(), outputFlag()),
-		Action: func(c *cli.Context) error {
-			if err := noArgs(c); err != nil {
-				return err
-			}
-			format, err := outputFormat(c)
-			if err != nil {
-				return err
-			}
-			cl, err := apiClient(c)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
-			defer cancel()
-			dc, err := cl.Config(ctx)
-			if err != nil {
-				return err
-			}
-			if format == "json" {
-				return printJSON(stdout(), dc)
-			}
-			printConfig(dc)
-			return nil
-		},
-	}
+	return readCommand("show-config", "print the cluster-wide dynamic configuration kept in Raft",
+		func(ctx context.Context, cl *api.Client) (api.DynamicConfig, error) { return cl.Config(ctx) }, printConfig)
 }
 
-func printConfig(dc api.DynamicConfig) {
-	w := stdout()
+func printConfig(w io.Writer, dc api.DynamicConfig) {
 	fmt.Fprintf(w, "maximum_lag_on_failover: %d\n", dc.MaximumLagOnFailover)
 	fmt.Fprintf(w, "synchronous_mode: %v\n", dc.SynchronousMode)
 	fmt.Fprintf(w, "synchronous_mode_strict: %v\n", dc.SynchronousModeStrict)
@@ -99,7 +71,7 @@ func editConfigCommand() *cli.Command {
 				return printJSON(stdout(), dc)
 			}
 			fmt.Fprintln(stdout(), "configuration changed; members apply it within a second (a reload, or \"pending restart\" in pgha list)")
-			printConfig(dc)
+			printConfig(stdout(), dc)
 			return nil
 		},
 	}

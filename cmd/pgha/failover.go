@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/pgha/pgha/api"
@@ -43,13 +44,7 @@ func switchoverCommand() *cli.Command {
 			&cli.BoolFlag{Name: "cancel", Usage: "cancel a scheduled switchover"}),
 		Action: func(c *cli.Context) error {
 			if c.Bool("cancel") {
-				cl, err := apiClient(c)
-				if err != nil {
-					return err
-				}
-				ctx, cancel := context.WithTimeout(c.Context, 15*time.Second)
-				defer cancel()
-				if err := cl.CancelSwitchover(ctx); err != nil {
+				if err := call(c, 15*time.Second, func(ctx context.Context, cl *api.Client) error { return cl.CancelSwitchover(ctx) }); err != nil {
 					return err
 				}
 				fmt.Fprintln(stdout(), "scheduled switchover cancelled")
@@ -133,13 +128,7 @@ func pauseCommand(paused bool) *cli.Command {
 			if err := noArgs(c); err != nil {
 				return err
 			}
-			cl, err := apiClient(c)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(c.Context, 15*time.Second)
-			defer cancel()
-			if err := cl.SetPaused(ctx, paused); err != nil {
+			if err := call(c, 15*time.Second, func(ctx context.Context, cl *api.Client) error { return cl.SetPaused(ctx, paused) }); err != nil {
 				return err
 			}
 			if paused {
@@ -153,46 +142,22 @@ func pauseCommand(paused bool) *cli.Command {
 }
 
 func historyCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "history",
-		Usage:     "list every change of primary (time, old and new, timeline, LSN, reason, write downtime)",
-		ArgsUsage: " ",
-		Flags:     append(clientFlags(), outputFlag()),
-		Action: func(c *cli.Context) error {
-			if err := noArgs(c); err != nil {
-				return err
-			}
-			format, err := outputFormat(c)
-			if err != nil {
-				return err
-			}
-			cl, err := apiClient(c)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
-			defer cancel()
-			h, err := cl.History(ctx)
-			if err != nil {
-				return err
-			}
-			if format == "json" {
-				return printJSON(stdout(), h)
-			}
-			t := &table{header: []string{"Epoch", "Time (UTC)", "Old", "New", "TL", "LSN", "Reason", "Write downtime"}, right: map[int]bool{0: true, 4: true, 7: true}}
-			for _, e := range h {
-				down := ""
-				if e.DowntimeSec != nil {
-					down = fmt.Sprintf("%.2fs", *e.DowntimeSec)
-				}
-				tl := ""
-				if e.Timeline != 0 {
-					tl = fmt.Sprint(e.Timeline)
-				}
-				t.add(fmt.Sprint(e.Epoch), e.At.UTC().Format("2006-01-02 15:04:05.000"), e.Old, e.New, tl, e.LSN, e.Reason, down)
-			}
-			t.render(stdout())
-			return nil
-		},
+	return readCommand("history", "list every change of primary (time, old and new, timeline, LSN, reason, write downtime)",
+		func(ctx context.Context, cl *api.Client) ([]api.HistoryEntry, error) { return cl.History(ctx) }, renderHistory)
+}
+
+func renderHistory(w io.Writer, h []api.HistoryEntry) {
+	t := &table{header: []string{"Epoch", "Time (UTC)", "Old", "New", "TL", "LSN", "Reason", "Write downtime"}, right: map[int]bool{0: true, 4: true, 7: true}}
+	for _, e := range h {
+		down := ""
+		if e.DowntimeSec != nil {
+			down = fmt.Sprintf("%.2fs", *e.DowntimeSec)
+		}
+		tl := ""
+		if e.Timeline != 0 {
+			tl = fmt.Sprint(e.Timeline)
+		}
+		t.add(fmt.Sprint(e.Epoch), e.At.UTC().Format("2006-01-02 15:04:05.000"), e.Old, e.New, tl, e.LSN, e.Reason, down)
 	}
+	t.render(w)
 }

@@ -14,36 +14,8 @@ import (
 )
 
 func listCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "list",
-		Usage:     "show the members of the cluster, their roles, states and lag",
-		ArgsUsage: " ",
-		Flags:     append(clientFlags(), outputFlag()),
-		Action: func(c *cli.Context) error {
-			if err := noArgs(c); err != nil {
-				return err
-			}
-			format, err := outputFormat(c)
-			if err != nil {
-				return err
-			}
-			cl, err := apiClient(c)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
-			defer cancel()
-			ci, err := cl.Cluster(ctx)
-			if err != nil {
-				return err
-			}
-			if format == "json" {
-				return printJSON(stdout(), ci)
-			}
-			renderCluster(stdout(), ci)
-			return nil
-		},
-	}
+	return readCommand("list", "show the members of the cluster, their roles, states and lag",
+		func(ctx context.Context, cl *api.Client) (api.ClusterInfo, error) { return cl.Cluster(ctx) }, renderCluster)
 }
 
 var roleNames = map[string]string{"leader": "Leader", "replica": "Replica", "sync_standby": "Sync Standby", "witness": "Witness"}

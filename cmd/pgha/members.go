@@ -47,13 +47,7 @@ func leaveCommand() *cli.Command {
 			if err := noArgs(c); err != nil {
 				return err
 			}
-			cl, err := apiClient(c)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(c.Context, 90*time.Second)
-			defer cancel()
-			if err := cl.Leave(ctx); err != nil {
+			if err := call(c, 90*time.Second, func(ctx context.Context, cl *api.Client) error { return cl.Leave(ctx) }); err != nil {
 				return err
 			}
 			fmt.Fprintln(stdout(), "left the cluster; the agent is stopping (its PostgreSQL data stays on disk)")
@@ -73,13 +67,8 @@ func removeCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return usagef("remove needs exactly one member NAME")
 			}
-			cl, err := apiClient(c)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
-			defer cancel()
-			if err := cl.Remove(ctx, api.RemoveRequest{Name: c.Args().First(), Force: c.Bool("force")}); err != nil {
+			req := api.RemoveRequest{Name: c.Args().First(), Force: c.Bool("force")}
+			if err := call(c, 30*time.Second, func(ctx context.Context, cl *api.Client) error { return cl.Remove(ctx, req) }); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout(), "removed %s (its replication slot is dropped by the primary)\n", c.Args().First())
