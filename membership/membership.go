@@ -311,10 +311,8 @@ func (g *Gossip) Members() []Member {
 	nodes := g.view.snapshot()
 	out := make([]Member, 0, len(nodes))
 	for name, n := range nodes {
-		m := Member{Name: name, Addr: net.JoinHostPort(n.addr.String(), strconv.Itoa(int(n.port))), Alive: true, LastUpdate: n.seen}
-		if meta, err := DecodeMeta(n.meta); err == nil {
-			m.Meta, m.MetaOK = meta, true
-		}
+		m := Member{Name: name, Addr: net.JoinHostPort(n.addr.String(), strconv.Itoa(int(n.port))), Alive: true, LastUpdate: n.seen,
+			Meta: n.parsed, MetaOK: n.ok}
 		out = append(out, m)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -409,10 +407,12 @@ type eventDelegate struct {
 }
 
 type nodeCopy struct {
-	addr net.IP
-	port uint16
-	meta []byte
-	seen time.Time
+	addr   net.IP
+	port   uint16
+	meta   []byte
+	parsed Meta // meta decoded once, here, rather than on every read
+	ok     bool
+	seen   time.Time
 }
 
 func (e *eventDelegate) poke() {
@@ -424,6 +424,9 @@ func (e *eventDelegate) poke() {
 
 func (e *eventDelegate) store(n *memberlist.Node) {
 	c := nodeCopy{addr: append(net.IP(nil), n.Addr...), port: n.Port, meta: append([]byte(nil), n.Meta...), seen: time.Now()}
+	if m, err := DecodeMeta(c.meta); err == nil {
+		c.parsed, c.ok = m, true
+	}
 	e.mu.Lock()
 	old, had := e.nodes[n.Name]
 	e.nodes[n.Name] = c
@@ -431,17 +434,13 @@ func (e *eventDelegate) store(n *memberlist.Node) {
 	// Every agent republishes its status each second with a new
 	// timestamp and WAL positions; only a change of anything else (role,
 	// state, addresses...) is worth waking the HA loop for.
-	if !had || !old.addr.Equal(c.addr) || old.port != c.port || significant(old.meta) != significant(c.meta) {
+	if !had || !old.addr.Equal(c.addr) || old.port != c.port || old.ok != c.ok || significant(old.parsed) != significant(c.parsed) {
 		e.poke()
 	}
 }
 
 // significant returns the metadata without its ever-changing fields.
-func significant(raw []byte) Meta {
-	m, err := DecodeMeta(raw)
-	if err != nil {
-		return Meta{Err: string(raw)}
-	}
+func significant(m Meta) Meta {
 	m.At, m.WAL, m.Recv = 0, 0, 0
 	return m
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/jackc/pgx/v5"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -76,6 +77,9 @@ type Node struct {
 	dynamic map[string]string
 	// syncNames, when set, is the managed synchronous_standby_names.
 	syncNames *string
+
+	statusMu   sync.Mutex // guards statusConn
+	statusConn *pgx.Conn  // management connection kept for Status
 
 	closeCtx    context.Context // cancelled by Close to abort waits
 	closeCancel context.CancelFunc

@@ -390,6 +390,8 @@ func (n *Node) logTail(offset int64) string {
 // process group. A postmaster that is not our child (see Start) is
 // stopped with pg_ctl. No-op when nothing runs.
 func (n *Node) Stop(ctx context.Context, mode StopMode) error {
+	// Our own session would delay a smart shutdown: drop it first.
+	n.closeStatusConn()
 	n.opMu.Lock()
 	defer n.opMu.Unlock()
 	if pm := n.current(); pm != nil && !pm.exited() {
@@ -494,6 +496,7 @@ func (n *Node) Close() error {
 	n.closed = true
 	n.mu.Unlock()
 	n.closeCancel() // aborts a Start that is waiting for readiness
+	n.closeStatusConn()
 
 	n.opMu.Lock()
 	var err error

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -147,20 +148,31 @@ SELECT r.rec,
 // whether our child process is alive.
 func (n *Node) Status(ctx context.Context) (Status, error) {
 	st := Status{Running: n.Running()}
-	conn, err := n.Connect(ctx)
-	if err != nil {
-		return st, fmt.Errorf("status: %w", err)
+	// One management connection, kept between calls: the HA loop asks
+	// every second, and a new connection each time would cost a backend
+	// fork and a SCRAM exchange (thousands of hash rounds) per second.
+	n.statusMu.Lock()
+	defer n.statusMu.Unlock()
+	if n.statusConn == nil || n.statusConn.IsClosed() {
+		conn, err := n.Connect(ctx)
+		if err != nil {
+			return st, fmt.Errorf("status: %w", err)
+		}
+		n.statusConn = conn
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	conn := n.statusConn
 
 	var (
 		walLSN, walTLI, recvLSN, replayLSN, wrStatus, sender *string
 		ckptTLI, recvTLI                                     *int64
 		replicasJSON                                         []byte
 	)
-	err = conn.QueryRow(ctx, statusQuery).Scan(&st.InRecovery, &walLSN, &walTLI, &recvLSN, &replayLSN,
+	err := conn.QueryRow(ctx, statusQuery).Scan(&st.InRecovery, &walLSN, &walTLI, &recvLSN, &replayLSN,
 		&ckptTLI, &st.ReplayLagSeconds, &wrStatus, &recvTLI, &sender, &replicasJSON)
 	if err != nil {
+		// A restart, a timeout or a broken socket: start afresh next time.
+		conn.Close(context.WithoutCancel(ctx))
+		n.statusConn = nil
 		return st, fmt.Errorf("status: %w", err)
 	}
 	st.Running = true
@@ -423,4 +435,16 @@ func scramVerifier(password string) (string, error) {
 	server := mac(salted, "Server Key")
 	b64 := base64.StdEncoding.EncodeToString
 	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", iterations, b64(salt), b64(stored[:]), b64(server)), nil
+}
+
+// closeStatusConn drops the kept management connection.
+func (n *Node) closeStatusConn() {
+	n.statusMu.Lock()
+	defer n.statusMu.Unlock()
+	if n.statusConn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		n.statusConn.Close(ctx)
+		n.statusConn = nil
+	}
 }
