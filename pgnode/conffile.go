@@ -205,7 +205,11 @@ func (n *Node) parameters(role Role, up *Upstream) map[string]string {
 		"max_wal_senders":         "10",
 		"max_replication_slots":   "10",
 		"wal_keep_size":           "128MB",
-		"password_encryption":     "scram-sha-256",
+		// A replica whose primary went away retries after this long (the
+		// default is 5 s): after a switchover or failover it finds the new
+		// primary about as soon as its agent points it there.
+		"wal_retrieve_retry_interval": "1s",
+		"password_encryption":         "scram-sha-256",
 		// Written on both roles: it is the default, and keeping it
 		// identical means a promotion does not look like a restart-worthy
 		// change of a postmaster-context setting.

@@ -169,23 +169,42 @@ func runDemo(c *cli.Context) error {
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
-	var failed string
+	// While waiting for readiness, a signal or a dead agent ends the wait.
+	// The watcher hands back what it saw and is gone before the demo waits
+	// on the same channels again, so no later signal is swallowed.
+	type outcome struct {
+		signalled bool
+		failed    string
+	}
+	watched := make(chan outcome, 1)
 	go func() {
+		var o outcome
 		select {
 		case <-sigs:
-		case failed = <-exited:
+			o.signalled = true
+		case o.failed = <-exited:
 		case <-ctx.Done():
 		}
 		cancel()
+		watched <- o
 	}()
 
 	ci, err := waitDemoReady(ctx, nodes, start)
-	if failed != "" {
-		err = fmt.Errorf("agent %s exited: %s", failed, lastLines(filepath.Join(dir, failed, "agent.log"), 5))
+	cancel()
+	o := <-watched
+	switch {
+	case o.failed != "":
+		err = fmt.Errorf("agent %s exited: %s", o.failed, lastLines(filepath.Join(dir, o.failed, "agent.log"), 5))
+	case o.signalled:
+		err = errors.New("interrupted")
 	}
 	if err != nil {
 		fmt.Println("pgha demo: stopping the nodes")
 		stopAll()
+		if o.signalled {
+			fmt.Println("pgha demo: stopped")
+			return nil
+		}
 		return fmt.Errorf("%w (agent logs: %s)", err, filepath.Join(dir, "n*", "agent.log"))
 	}
 	took := time.Since(start)
@@ -415,7 +434,7 @@ func printDemo(ci api.ClusterInfo, nodes []demoNode, cf clusterFile, took time.D
 	for i, n := range cf.Nodes {
 		fmt.Printf("  psql '%s'   # %s (%s)\n", n.DSN, n.Name, strings.ToLower(roles[nodes[i].Name]))
 	}
-	fmt.Printf("\nCluster status:  pgha list --api %s\n", cf.Nodes[0].API)
+	fmt.Printf("\nCluster status:  %s list --api %s\n", selfName(), cf.Nodes[0].API)
 	fmt.Printf("Scripts:         %s\n", filepath.Join(cf.Dir, "cluster.json"))
 	fmt.Printf("Agent logs:      %s\n", filepath.Join(cf.Dir, "n*", "agent.log"))
 }
@@ -441,4 +460,20 @@ func passwordOf(dsn string) string {
 	}
 	p, _ := u.User.Password()
 	return p
+}
+
+// selfName is how the user can call this binary again: its path relative
+// to the working directory when it lies below it (bin/pgha), else its
+// absolute path.
+func selfName() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "pgha"
+	}
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, exe); err == nil && !strings.HasPrefix(rel, "..") {
+			return rel
+		}
+	}
+	return exe
 }
