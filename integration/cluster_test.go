@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -427,29 +428,46 @@ func cli(t *testing.T, args ...string) (string, string, int) {
 	return out.String(), errb.String(), code
 }
 
+// Test ports come from below the kernel's ephemeral range (32768+ here),
+// so no outgoing connection of a running agent can take a port between
+// the moment it is picked and the moment an agent binds it; a counter
+// keeps one test process from handing the same port out twice.
+var (
+	portMu   sync.Mutex
+	nextPort = 20000 + os.Getpid()%5000
+)
+
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portMu.Lock()
+	defer portMu.Unlock()
+	for i := 0; i < 2000; i++ {
+		p := nextPort
+		nextPort++
+		if nextPort >= 32000 {
+			nextPort = 20000
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		uc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		uc.Close()
+		return p
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port in 20000-32000")
+	return 0
 }
 
-// freeUDPTCPPort finds a port free for both TCP and UDP (memberlist binds both).
+// freeUDPTCPPort finds a port free for both TCP and UDP (memberlist binds
+// both); freePort checks both already.
 func freeUDPTCPPort(t *testing.T) int {
 	t.Helper()
-	for i := 0; i < 50; i++ {
-		p := freePort(t)
-		uc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err == nil {
-			uc.Close()
-			return p
-		}
-	}
-	t.Fatal("no free TCP+UDP port")
-	return 0
+	return freePort(t)
 }
 
 func decodeJSON(t *testing.T, s string, v any) {

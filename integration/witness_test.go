@@ -42,6 +42,20 @@ func TestWitness(t *testing.T) {
 		t.Fatal(err)
 	}
 	pc.Close(context.Background())
+	// Replication is asynchronous: let the table reach the other database
+	// node before the primary's node is killed.
+	var other *Node
+	for _, nd := range []*Node{c.Node("n1"), c.Node("n2")} {
+		if nd != old {
+			other = nd
+		}
+	}
+	oc := connect(t, other)
+	waitFor(t, 30*time.Second, "the table on "+other.Name, func() error {
+		_, err := oc.Exec(context.Background(), "SELECT 1 FROM fo")
+		return err
+	})
+	oc.Close(context.Background())
 	pm := postmasterPID(old)
 	c.Kill(old)
 	_ = syscall.Kill(pm, syscall.SIGKILL)

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -110,14 +111,29 @@ func tempDir(t testing.TB) string {
 	return d
 }
 
+// Ports come from below the kernel's ephemeral range (32768+), so no
+// outgoing connection can take one between the pick and PostgreSQL's
+// bind; a counter avoids handing one out twice.
+var nextPort atomic.Int64
+
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	nextPort.CompareAndSwap(0, int64(10000+os.Getpid()%4000))
+	for i := 0; i < 2000; i++ {
+		p := int(nextPort.Add(1))
+		if p >= 19000 {
+			nextPort.Store(10000)
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port in 10000-19000")
+	return 0
 }
 
 func testLogger(t testing.TB) *slog.Logger {

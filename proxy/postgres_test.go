@@ -46,12 +46,20 @@ func startPostgres(t *testing.T) proxy.Backend {
 			t.Fatal(err)
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// Below the ephemeral range, so no outgoing connection takes it
+	// before PostgreSQL binds it.
+	port := 0
+	for p := 19000 + os.Getpid()%900; p < 20000; p++ {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			ln.Close()
+			port = p
+			break
+		}
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	if port == 0 {
+		t.Fatal("no free port in 19000-20000")
+	}
 
 	n, err := pgnode.New(pgnode.Config{
 		Name:              "pg1",
