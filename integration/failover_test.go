@@ -58,6 +58,57 @@ func insert(ctx context.Context, nd *Node, id int) error {
 	return err
 }
 
+// ackWriter commits rows one by one directly on a node and remembers
+// which commits were acknowledged.
+type ackWriter struct {
+	mu    sync.Mutex
+	acked []int
+	stop  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func startAckWriter(ctx context.Context, nd *Node, from int, pause time.Duration) *ackWriter {
+	w := &ackWriter{stop: make(chan struct{})}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		for i := from; ; i++ {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			if insert(ctx, nd, i) == nil {
+				w.mu.Lock()
+				w.acked = append(w.acked, i)
+				w.mu.Unlock()
+			}
+			time.Sleep(pause)
+		}
+	}()
+	return w
+}
+
+// Stop ends the writer and returns the acknowledged ids.
+func (w *ackWriter) Stop() []int {
+	close(w.stop)
+	w.wg.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.acked
+}
+
+// missingOn counts the ids that are not in table fo on nd.
+func missingOn(t *testing.T, nd *Node, ids []int) int {
+	t.Helper()
+	conn := connect(t, nd)
+	var missing int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM unnest($1::int[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM fo WHERE fo.id = a.id)", ids).Scan(&missing); err != nil {
+		t.Fatal(err)
+	}
+	return missing
+}
+
 func countRows(t *testing.T, nd *Node) int {
 	t.Helper()
 	conn := connect(t, nd)
@@ -140,31 +191,10 @@ func TestFailoverScenarios(t *testing.T) {
 		}
 		// A writer commits rows one by one through the switchover; every
 		// acknowledged row must be on the new primary.
-		var acked []int
-		var mu sync.Mutex
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 100000; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if insert(ctx, old, i) == nil {
-					mu.Lock()
-					acked = append(acked, i)
-					mu.Unlock()
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-		}()
+		w := startAckWriter(ctx, old, 100000, 5*time.Millisecond)
 		time.Sleep(300 * time.Millisecond)
 		out, stderr, code := cli(t, "switchover", "--api", fmt.Sprintf("127.0.0.1:%d", old.API), "--candidate", cand.Name)
-		close(stop)
-		wg.Wait()
+		acked := w.Stop()
 		if code != 0 {
 			t.Fatalf("pgha switchover: exit %d: %s %s", code, out, stderr)
 		}
@@ -174,17 +204,10 @@ func TestFailoverScenarios(t *testing.T) {
 			t.Fatalf("new primary is %s, want %s", newP.Name, cand.Name)
 		}
 		c.WaitHealthy(time.Minute, "n1", "n2", "n3")
-		nc := connect(t, newP)
-		mu.Lock()
-		defer mu.Unlock()
 		if len(acked) == 0 {
 			t.Fatal("the writer got no acknowledgement at all")
 		}
-		var missing int
-		if err := nc.QueryRow(ctx, "SELECT count(*) FROM unnest($1::int[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM fo WHERE fo.id = a.id)", acked).Scan(&missing); err != nil {
-			t.Fatal(err)
-		}
-		if missing != 0 {
+		if missing := missingOn(t, newP, acked); missing != 0 {
 			t.Fatalf("%d of %d acknowledged rows missing on the new primary", missing, len(acked))
 		}
 		out, _, _ = cli(t, "history", "--api", fmt.Sprintf("127.0.0.1:%d", cand.API))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -129,46 +128,20 @@ func TestSynchronousModeAndDynamicConfig(t *testing.T) {
 				syncStandby = m.Name
 			}
 		}
-		var acked []int
-		var mu sync.Mutex
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 1; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if insert(ctx, old, i) == nil {
-					mu.Lock()
-					acked = append(acked, i)
-					mu.Unlock()
-				}
-			}
-		}()
+		w := startAckWriter(ctx, old, 1, 0)
 		time.Sleep(time.Second)
 		pm := postmasterPID(old)
 		c.Kill(old)
 		_ = syscall.Kill(pm, syscall.SIGKILL)
-		close(stop)
-		wg.Wait()
+		acked := w.Stop()
 		newP := c.waitNewPrimary(t, old.Name, time.Minute)
 		if newP.Name != syncStandby {
 			t.Errorf("new primary %s is not the synchronous standby %s", newP.Name, syncStandby)
 		}
-		nc := connect(t, newP)
-		mu.Lock()
-		defer mu.Unlock()
 		if len(acked) < 10 {
 			t.Fatalf("only %d commits acknowledged before the kill", len(acked))
 		}
-		var missing int
-		if err := nc.QueryRow(ctx, "SELECT count(*) FROM unnest($1::int[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM fo WHERE fo.id = a.id)", acked).Scan(&missing); err != nil {
-			t.Fatal(err)
-		}
+		missing := missingOn(t, newP, acked)
 		t.Logf("%d commits acknowledged before the kill, %d missing on the new primary", len(acked), missing)
 		if missing != 0 {
 			t.Fatalf("%d acknowledged commits lost", missing)
