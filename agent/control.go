@@ -63,15 +63,7 @@ func (a *Agent) Cluster() api.ClusterInfo {
 	for n := range gossip {
 		names[n] = true
 	}
-	// The primary's WAL position: its own gossip is fresher than the FSM.
-	var primaryWAL uint64
-	if st.Primary != nil {
-		if g, ok := gossip[st.Primary.Member]; ok && g.Meta.Role == "primary" {
-			primaryWAL = g.Meta.WAL
-		} else if st.PrimaryLSN != nil {
-			primaryWAL = st.PrimaryLSN.LSN
-		}
-	}
+	primaryWAL := primaryPosition(st, gossip)
 	for _, name := range sortedNames(names) {
 		fm, inFSM := st.Members[name]
 		g, alive := gossip[name]
@@ -116,10 +108,7 @@ func (a *Agent) Cluster() api.ClusterInfo {
 				mi.WAL = pgnode.FormatLSN(g.Meta.WAL)
 			}
 			if g.Meta.Role == "replica" && primaryWAL != 0 {
-				lag := int64(0)
-				if primaryWAL > g.Meta.WAL {
-					lag = int64(primaryWAL - g.Meta.WAL)
-				}
+				lag := behind(primaryWAL, g.Meta.WAL)
 				mi.LagBytes = &lag
 			}
 			mi.Error = g.Meta.Err
@@ -357,7 +346,7 @@ func (a *Agent) handOffLeadership() error {
 	if target.ID == "" {
 		return errors.New("no other voter to hand leadership to")
 	}
-	return a.raft.TransferLeadership(string(target.ID), string(target.Address), 5*time.Second)
+	return a.transferTo(string(target.ID))
 }
 
 // Remove removes a member from Raft and the FSM. Leader only.

@@ -124,7 +124,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			lastOK = now
 		} else {
 			if now.Sub(lastOK) > fenceBudget {
-				_ = a.fence(fmt.Sprintf("Raft leadership not confirmed for %s", now.Sub(lastOK).Round(time.Millisecond)))
+				a.mustFence(fmt.Sprintf("Raft leadership not confirmed for %s", now.Sub(lastOK).Round(time.Millisecond)))
 				if a.raft.IsLeader() {
 					a.stepDown("leadership could not be confirmed with a quorum")
 				}
@@ -132,7 +132,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 				continue
 			}
 			if !a.raft.IsLeader() {
-				_ = a.fence("lost Raft leadership")
+				a.mustFence("lost Raft leadership")
 				a.poke()
 				continue
 			}
@@ -144,6 +144,14 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			verifying = make(chan verifyResult, 1)
 			go a.verify(verifying)
 		}
+	}
+}
+
+// mustFence fences and reports a failure loudly: the watchdog has nobody
+// to return an error to, and a fence that failed must not go unnoticed.
+func (a *Agent) mustFence(reason string) {
+	if err := a.fence(reason); err != nil {
+		a.log.Error("FENCE FAILED: PostgreSQL may still accept writes", "reason", reason, "err", err)
 	}
 }
 

@@ -668,21 +668,8 @@ func (a *Agent) transferLeadership(target, reason string) error {
 		return nil
 	}
 	a.lastTransfer = time.Now()
-	servers, err := a.raft.Servers()
-	if err != nil {
-		return err
-	}
-	for _, s := range servers {
-		if string(s.ID) != target {
-			continue
-		}
-		if s.Suffrage != raft.Voter {
-			return fmt.Errorf("cannot hand leadership to %s: not a voter", target)
-		}
-		a.log.Info("transferring raft leadership", "to", target, "reason", reason)
-		return a.raft.TransferLeadership(target, string(s.Address), 5*time.Second)
-	}
-	return fmt.Errorf("cannot hand leadership to %s: not in the raft configuration", target)
+	a.log.Info("transferring raft leadership", "to", target, "reason", reason)
+	return a.transferTo(target)
 }
 
 func splitHostPort(hp string) (string, int, error) {

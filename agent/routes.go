@@ -5,7 +5,9 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/config"
+	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/proxy"
+	"github.com/pgha/pgha/raftfsm"
 )
 
 // routeTick is how often the proxy's routing table is recomputed: fast
@@ -44,16 +46,12 @@ func (a *Agent) routes() proxy.Routes {
 		return r
 	}
 	gossip := a.gossipByName()
-	primaryWAL := uint64(0)
 	if g, ok := gossip[st.Primary.Member]; ok && g.Alive && g.Meta.Role == "primary" && g.Meta.PGState == "running" && !st.Primary.Demoting {
-		primaryWAL = g.Meta.WAL
 		if m, ok := st.Members[st.Primary.Member]; ok && m.PGAddr != "" && a.leaderContact() {
 			r.Primary = &proxy.Backend{Name: st.Primary.Member, Addr: m.PGAddr}
 		}
 	}
-	if primaryWAL == 0 && st.PrimaryLSN != nil {
-		primaryWAL = st.PrimaryLSN.LSN
-	}
+	primaryWAL := primaryPosition(st, gossip)
 	maxLag, _ := config.ParseSize(a.cfg.Proxy.MaxReplicaLag)
 	for _, name := range st.MemberNames() {
 		m := st.Members[name]
@@ -64,7 +62,7 @@ func (a *Agent) routes() proxy.Routes {
 		if g.Meta.Role != "replica" || g.Meta.PGState != "streaming" || g.Meta.NoLB {
 			continue
 		}
-		if primaryWAL > g.Meta.WAL && int64(primaryWAL-g.Meta.WAL) > maxLag {
+		if behind(primaryWAL, g.Meta.WAL) > maxLag {
 			continue
 		}
 		r.Replicas = append(r.Replicas, proxy.Backend{Name: name, Addr: m.PGAddr})
@@ -98,3 +96,28 @@ func newProxy(cfg *config.Config, a *Agent) (*proxy.Proxy, error) {
 
 // ProxyStats answers GET /proxy.
 func (a *Agent) ProxyStats() any { return a.proxy.Stats() }
+
+// primaryPosition is the primary's WAL position: its own gossip (fresher)
+// when it reports itself running as primary, else the last position
+// recorded in the FSM; 0 when neither is known.
+func primaryPosition(st raftfsm.State, gossip map[string]membership.Member) uint64 {
+	if st.Primary == nil {
+		return 0
+	}
+	if g, ok := gossip[st.Primary.Member]; ok && g.Meta.Role == "primary" && g.Meta.WAL != 0 {
+		return g.Meta.WAL
+	}
+	if st.PrimaryLSN != nil {
+		return st.PrimaryLSN.LSN
+	}
+	return 0
+}
+
+// behind is how many bytes lsn trails the primary's position (0 when at
+// or ahead of it).
+func behind(primary, lsn uint64) int64 {
+	if primary > lsn {
+		return int64(primary - lsn)
+	}
+	return 0
+}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/jackc/pgx/v5"
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/pgnode"
@@ -44,15 +45,8 @@ func (a *Agent) checkCandidate(st raftfsm.State, name string, force, switchover 
 	if switchover && g.Meta.PGState != "streaming" {
 		return api.Errorf(http.StatusConflict, "candidate %s is not streaming; use --force to promote it anyway", name)
 	}
-	var primaryWAL uint64
-	if p, ok := a.gossipByName()[st.Primary.Member]; ok && p.Meta.Role == "primary" {
-		primaryWAL = p.Meta.WAL
-	} else if st.PrimaryLSN != nil {
-		primaryWAL = st.PrimaryLSN.LSN
-	}
-	have := max(g.Meta.Recv, g.Meta.WAL)
-	if primaryWAL > have && int64(primaryWAL-have) > st.Config.MaximumLagOnFailover {
-		return api.Errorf(http.StatusConflict, "candidate %s is %d bytes behind the primary (maximum_lag_on_failover is %d); wait, or use --force", name, primaryWAL-have, st.Config.MaximumLagOnFailover)
+	if lag := behind(primaryPosition(st, a.gossipByName()), max(g.Meta.Recv, g.Meta.WAL)); lag > st.Config.MaximumLagOnFailover {
+		return api.Errorf(http.StatusConflict, "candidate %s is %d bytes behind the primary (maximum_lag_on_failover is %d); wait, or use --force", name, lag, st.Config.MaximumLagOnFailover)
 	}
 	return nil
 }
@@ -161,18 +155,23 @@ func (a *Agent) abortSwitchover(ctx context.Context, cause error) error {
 	return api.Errorf(http.StatusConflict, "switchover aborted, the primary is unchanged: %v", cause)
 }
 
-// transferTo hands Raft leadership to a member of the configuration.
+// transferTo hands Raft leadership to a voter of the configuration and
+// checks that it won.
 func (a *Agent) transferTo(name string) error {
 	servers, err := a.raft.Servers()
 	if err != nil {
 		return err
 	}
 	for _, s := range servers {
-		if string(s.ID) == name {
-			return a.raft.TransferLeadership(name, string(s.Address), 5*time.Second)
+		if string(s.ID) != name {
+			continue
 		}
+		if s.Suffrage != raft.Voter {
+			return fmt.Errorf("cannot hand leadership to %s: not a voter", name)
+		}
+		return a.raft.TransferLeadership(name, string(s.Address), 5*time.Second)
 	}
-	return fmt.Errorf("%s is not in the raft configuration", name)
+	return fmt.Errorf("cannot hand leadership to %s: not in the raft configuration", name)
 }
 
 // waitReceived waits until the PostgreSQL at addr has received WAL past

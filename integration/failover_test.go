@@ -177,6 +177,20 @@ func TestFailoverScenarios(t *testing.T) {
 		}
 		syscall.Kill(pid, syscall.SIGCONT)
 		c.WaitHealthy(time.Minute, "n1", "n2", "n3")
+		// Let the candidate catch up before the next scenario switches
+		// over to it.
+		waitFor(t, 30*time.Second, "the candidate to catch up", func() error {
+			ci, err := c.Info()
+			if err != nil {
+				return err
+			}
+			for _, m := range ci.Members {
+				if m.Name == cand.Name && (m.LagBytes == nil || *m.LagBytes > 64<<10) {
+					return fmt.Errorf("lag %v", m.LagBytes)
+				}
+			}
+			return nil
+		})
 	}) {
 		return
 	}
