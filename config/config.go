@@ -39,6 +39,7 @@ type Config struct {
 	API        API        `yaml:"api"`
 	PostgreSQL PostgreSQL `yaml:"postgresql"`
 	Proxy      Proxy      `yaml:"proxy"`
+	TLS        TLS        `yaml:"tls"`
 	Tags       Tags       `yaml:"tags"`
 
 	// origins records where each value was set (file and line, env var or
@@ -69,6 +70,11 @@ type Gossip struct {
 	Advertise string `yaml:"advertise"`
 	// Join lists gossip addresses of other members to contact at start.
 	Join []string `yaml:"join"`
+	// Key is the cluster's gossip encryption key (base64 of 16, 24 or 32
+	// random bytes, AES-GCM; `pgha keygen` prints one). Every member needs
+	// the same key; a node with another key cannot join. Empty: no
+	// encryption (the memberlist label still keeps other clusters out).
+	Key string `yaml:"key"`
 }
 
 // API configures the REST API.
@@ -77,7 +83,32 @@ type API struct {
 	Addr string `yaml:"addr"`
 	// Advertise, when set, is the host:port other members and the CLI use.
 	Advertise string `yaml:"advertise"`
+	// Auth is "user:password" for HTTP basic auth. When Auth or Token is
+	// set, mutating endpoints (and joining the cluster) answer 401 without
+	// matching credentials. The CLI sends the same value from --api-auth
+	// or PGHA_API_AUTH.
+	Auth string `yaml:"auth"`
+	// Token is a bearer token accepted like Auth (Authorization: Bearer).
+	Token string `yaml:"token"`
+	// ProtectReads requires credentials on the read endpoints too
+	// (/cluster, /config, /history, /proxy, /metrics). Health endpoints
+	// (/primary, /replica, /health...) stay open for load balancers.
+	ProtectReads bool `yaml:"protect_reads"`
 }
+
+// TLS names the files of the cluster's certificate authority and this
+// node's certificate. When set, the Raft transport, the REST API and
+// PostgreSQL use TLS, peers must present a certificate signed by the CA
+// (mutual TLS), and replication connects with sslmode=verify-ca. `pgha tls
+// init` generates a CA and node certificates for a quick start.
+type TLS struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLS) Enabled() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
 
 // PostgreSQL configures the local PostgreSQL instance.
 type PostgreSQL struct {

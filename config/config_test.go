@@ -387,6 +387,16 @@ func TestValidation(t *testing.T) {
 			`node.yml:4: postgresql.port: must be 1-65535, got 70000`},
 		{"port conflict", minimal + "api:\n  addr: 127.0.0.1:8300\n", nil,
 			`node.yml:4: api.addr: port 8300 is also used by raft.addr`},
+		{"api auth without password", minimal + "api:\n  auth: admin\n", nil,
+			`node.yml:4: api.auth: write USER:PASSWORD (both non-empty)`},
+		{"gossip key not base64", minimal + "gossip:\n  key: not-a-key!\n", nil,
+			"node.yml:4: gossip.key: not valid base64 (generate one with `pgha keygen`)"},
+		{"gossip key too short", minimal + "gossip:\n  key: AAAA\n", nil,
+			"node.yml:4: gossip.key: decodes to 3 bytes; AES needs 16, 24 or 32 (generate one with `pgha keygen`)"},
+		{"tls files incomplete", minimal + "tls:\n  ca_file: /ca.pem\n", nil,
+			"tls.cert_file: required when any tls file is set (tls.ca_file, tls.cert_file and tls.key_file go together)\ntls.key_file: required when any tls file is set (tls.ca_file, tls.cert_file and tls.key_file go together)"},
+		{"protect reads without auth", minimal + "api:\n  protect_reads: true\n", nil,
+			`node.yml:4: api.protect_reads: needs api.auth or api.token`},
 		{"newline in value", minimal + "postgresql:\n  pg_hba:\n    - |\n      host all all 0.0.0.0/0 trust\n      local all all trust\n", nil,
 			`node.yml:5: postgresql.pg_hba: entry 1 contains a control character (newline?)`},
 	}
@@ -537,7 +547,7 @@ func TestKeys(t *testing.T) {
 		t.Error("sections must not be listed as keys")
 	}
 	// Every key can be set through the environment.
-	if n := len(byKey); n != 42 {
+	if n := len(byKey); n != 49 {
 		t.Errorf("got %d keys; update this count when adding settings", n)
 	}
 }
@@ -602,4 +612,41 @@ func FuzzLoad(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestSecretFiles(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "gossip.key")
+	if err := os.WriteFile(keyFile, []byte("MDEyMzQ1Njc4OWFiY2RlZg==\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := writeFile(t, minimal+"gossip:\n  key: file:"+keyFile+"\napi:\n  auth: admin:s3cret\n")
+	cfg, err := config.Load(path, []string{"PGHA_API_TOKEN=file:" + filepath.Join(dir, "missing")}, nil)
+	ce := configErr(t, err)
+	if ce.Source != "PGHA_API_TOKEN" || !strings.Contains(err.Error(), "cannot read secret file") {
+		t.Errorf("got %q (source %q)", err, ce.Source)
+	}
+	cfg, err = config.Load(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Gossip.Key != "MDEyMzQ1Njc4OWFiY2RlZg==" || string(cfg.GossipKey()) != "0123456789abcdef" {
+		t.Errorf("gossip key %q", cfg.Gossip.Key)
+	}
+	red := cfg.Redacted()
+	if red.Gossip.Key != config.RedactedPassword || red.API.Auth != config.RedactedPassword {
+		t.Errorf("secrets not redacted: %+v %+v", red.Gossip, red.API)
+	}
+	for _, k := range config.Keys() {
+		switch k.Key {
+		case "api.auth", "api.token", "gossip.key", "postgresql.superuser.password", "postgresql.replication.password":
+			if !k.Secret {
+				t.Errorf("%s not secret", k.Key)
+			}
+		default:
+			if k.Secret {
+				t.Errorf("%s marked secret", k.Key)
+			}
+		}
+	}
 }

@@ -44,6 +44,13 @@ type KeyInfo struct {
 	Secret bool
 }
 
+// secretKeys are the settings, besides every "password", whose values are
+// never printed (show-config, logs, error messages).
+var secretKeys = map[string]bool{"api.auth": true, "api.token": true, "gossip.key": true}
+
+// SecretFilePrefix marks a secret value read from a file: "file:/etc/pgha/key".
+const SecretFilePrefix = "file:"
+
 // EnvPrefix starts every environment variable the loader reads.
 const EnvPrefix = "PGHA_"
 
@@ -86,9 +93,13 @@ var help = map[string]string{
 	"gossip.addr":      "host:port memberlist binds (TCP and UDP)",
 	"gossip.advertise": "host:port peers use to reach gossip (default gossip.addr)",
 	"gossip.join":      "gossip addresses (host:port) of members to contact at start",
+	"gossip.key":       "gossip encryption key, base64 of 16/24/32 bytes (pgha keygen); file:PATH reads it from a file",
 
-	"api.addr":      "host:port the REST API listens on",
-	"api.advertise": "host:port members and the CLI use for the REST API (default api.addr)",
+	"api.addr":          "host:port the REST API listens on",
+	"api.advertise":     "host:port members and the CLI use for the REST API (default api.addr)",
+	"api.auth":          "USER:PASSWORD required (HTTP basic auth) by mutating endpoints and joins; file:PATH reads it from a file",
+	"api.token":         "bearer token accepted like api.auth; file:PATH reads it from a file",
+	"api.protect_reads": "require credentials on read endpoints too (health endpoints stay open)",
 
 	"postgresql.bin_dir":                "directory of initdb, postgres, pg_basebackup (default: pg_config --bindir)",
 	"postgresql.data_dir":               "PostgreSQL data directory (default data_dir/pgdata)",
@@ -112,6 +123,10 @@ var help = map[string]string{
 	"proxy.max_replica_lag":       "replicas further behind than this (e.g. 16MB) leave the read port",
 	"proxy.read_fallback_primary": "send reads to the primary when no replica is healthy",
 	"proxy.max_conn":              "client connection limit of each proxy port",
+
+	"tls.ca_file":   "PEM file of the cluster CA; peers must present a certificate it signed",
+	"tls.cert_file": "PEM certificate of this node (Raft, API and PostgreSQL server and client)",
+	"tls.key_file":  "PEM private key of tls.cert_file",
 
 	"tags.nofailover":        "never promote this member",
 	"tags.noloadbalance":     "keep this member out of the read proxy",
@@ -185,7 +200,7 @@ func (s *keySchema) walk(t reflect.Type, index []int, prefix string, def reflect
 		}
 		f.Env = EnvName(key)
 		f.Help = help[key]
-		f.Secret = name == "password"
+		f.Secret = name == "password" || secretKeys[key]
 		f.Default = formatValue(def.Field(i), f)
 		if other, dup := s.byEnv[f.Env]; dup {
 			panic(fmt.Sprintf("config: keys %s and %s share env var %s", other.Key, key, f.Env))

@@ -42,6 +42,9 @@ func Load(path string, environ []string, flags map[string]string) (*Config, erro
 	if err := ApplyFlags(cfg, flags); err != nil {
 		return nil, err
 	}
+	if err := cfg.ReadSecretFiles(); err != nil {
+		return nil, err
+	}
 	cfg.Resolve()
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -163,6 +163,7 @@ func (c *Config) Validate() error {
 		v.fail("tags.failover_priority", "must be 0 or more, got %d", c.Tags.FailoverPriority)
 	}
 
+	v.validateSecurity()
 	v.portConflicts()
 	v.controlChars()
 	return joinErrors(v.errs)
