@@ -22,6 +22,7 @@ import (
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/config"
 	"github.com/pgha/pgha/membership"
+	"github.com/pgha/pgha/metrics"
 	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/proxy"
 	"github.com/pgha/pgha/raftfsm"
@@ -96,6 +97,9 @@ type Agent struct {
 	badParams       string               // dynamic parameters last rejected (HA loop only)
 	replicas        []pgnode.ReplicaInfo // pg_stat_replication at the last probe; guarded by mu
 
+	metrics      *metrics.Registry
+	lastWritable string // writable members at the last check (HA loop only)
+
 	formation atomic.Bool // raft runs on fast timers until a leader exists
 	leaving   atomic.Bool
 	left      atomic.Bool   // removed from Raft by a graceful leave
@@ -112,6 +116,8 @@ type NodeStatus struct {
 	Timeline  uint32    `json:"timeline,omitempty"`
 	WAL       uint64    `json:"wal_lsn,omitempty"`
 	Receive   uint64    `json:"receive_lsn,omitempty"`
+	Replay    uint64    `json:"replay_lsn,omitempty"`
+	ReplayLag float64   `json:"replay_lag_seconds,omitempty"`
 	Streaming bool      `json:"streaming,omitempty"`
 	SysID     uint64    `json:"system_id,string,omitempty"`
 	Waiting   string    `json:"waiting,omitempty"` // why nothing happens
@@ -200,7 +206,8 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 		return nil, err
 	}
 	a.proxy = px
-	srv, err := api.New(api.Options{Addr: cfg.API.Addr, Logger: logger.With("component", "api")}, a)
+	a.metrics = metrics.New(a)
+	srv, err := api.New(a.apiOptions(logger), a)
 	if err != nil {
 		px.Close()
 		g.Close()
@@ -367,6 +374,30 @@ func (a *Agent) watchLeadership(ctx context.Context) {
 			a.poke()
 		}
 	}
+}
+
+// apiOptions configures the REST API server from the node's settings.
+func (a *Agent) apiOptions(logger *slog.Logger) api.Options {
+	return api.Options{
+		Addr:         a.cfg.API.Addr,
+		Logger:       logger.With("component", "api"),
+		Auth:         a.apiCredentials(),
+		ProtectReads: a.cfg.API.ProtectReads,
+		Metrics:      a.metrics.Handler(),
+	}
+}
+
+// apiCredentials are the node's own API credentials: required from
+// callers, and sent when this agent calls another member's API.
+func (a *Agent) apiCredentials() api.Credentials {
+	return api.Credentials{Basic: a.cfg.API.Auth, Token: a.cfg.API.Token}
+}
+
+// apiClient returns a client for another member's API, with this node's
+// credentials.
+func (a *Agent) apiClient(addr string) *api.Client {
+	c := a.apiCredentials()
+	return api.NewClientWith(addr, api.ClientOptions{Auth: c.Basic, Token: c.Token})
 }
 
 // isLeader is the leadership the HA loop acts on: Raft says leader and

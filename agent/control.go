@@ -145,22 +145,6 @@ func (a *Agent) Cluster() api.ClusterInfo {
 	return ci
 }
 
-// Health answers GET /health: healthy while PostgreSQL runs.
-func (a *Agent) Health() (bool, api.HealthInfo) {
-	s := a.Status()
-	leaderID, _ := a.raft.Leader()
-	h := api.HealthInfo{
-		Name: s.Name, Role: s.Role, State: s.State, Timeline: s.Timeline,
-		Raft: a.raft.State(), Leader: leaderID, Waiting: s.Waiting, Error: s.Error,
-		LoopAt: s.LoopAt, PGRunning: s.PGRunning, Yield: a.yield.Load(),
-	}
-	if s.WAL != 0 {
-		h.WAL = pgnode.FormatLSN(s.WAL)
-	}
-	// A witness has no PostgreSQL: it is healthy while its agent runs.
-	return s.PGRunning || a.cfg.Witness, h
-}
-
 // LeaderAPI returns the API address of the Raft leader.
 func (a *Agent) LeaderAPI() string {
 	id, _ := a.raft.Leader()
@@ -310,7 +294,7 @@ func (a *Agent) leaveRaft(ctx context.Context) error {
 		} else if addr := a.LeaderAPI(); addr == "" {
 			err = errors.New("no leader known")
 		} else {
-			err = api.NewClient(addr).Remove(ctx, api.RemoveRequest{Name: a.cfg.Name, Force: true})
+			err = a.apiClient(addr).Remove(ctx, api.RemoveRequest{Name: a.cfg.Name, Force: true})
 		}
 		if err == nil && !a.inRaftConfig() {
 			return nil

@@ -70,7 +70,7 @@ func (a *Agent) askPrimary(ctx context.Context, st raftfsm.State) OldPrimary {
 	}
 	ctx, cancel := context.WithTimeout(ctx, askTimeout)
 	defer cancel()
-	h, _, err := api.NewClient(m.APIAddr).Health(ctx)
+	h, _, err := a.apiClient(m.APIAddr).Health(ctx)
 	if err == nil && h.Name == st.Primary.Member && !h.Yield {
 		return OldPrimaryAlive
 	}

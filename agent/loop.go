@@ -35,10 +35,16 @@ func (a *Agent) haLoop(ctx context.Context) {
 		// While a graceful leave runs, the loop stands still (and goes on
 		// if the leave fails).
 		var soon <-chan time.Time
-		if !a.leaving.Load() && a.round(ctx) {
-			// Something is on its way (a replica connecting to its
-			// primary): look again shortly rather than in a second.
-			soon = time.After(transitionRecheck)
+		if !a.leaving.Load() {
+			start := time.Now()
+			busy := a.round(ctx)
+			a.metrics.LoopDuration.Observe(time.Since(start).Seconds())
+			a.watchWritable()
+			if busy {
+				// Something is on its way (a replica connecting to its
+				// primary): look again shortly rather than in a second.
+				soon = time.After(transitionRecheck)
+			}
 		}
 		var exited <-chan struct{}
 		if a.pg != nil {
@@ -215,7 +221,9 @@ func (a *Agent) probe(ctx context.Context) LocalPG {
 			l.WAL = st.WalLSN
 			l.Streaming = st.Streaming
 			l.Receive = st.ReceiveLSN
-			a.setStatus(func(s *NodeStatus) { s.Receive = st.ReceiveLSN })
+			a.setStatus(func(s *NodeStatus) {
+				s.Receive, s.Replay, s.ReplayLag = st.ReceiveLSN, st.ReplayLSN, st.ReplayLagSeconds
+			})
 			a.mu.Lock()
 			a.replicas = st.Replicas
 			a.mu.Unlock()

@@ -15,18 +15,45 @@ import (
 // Client talks to one agent's REST API. The CLI is a client of exactly
 // the endpoints the server exposes.
 type Client struct {
-	base string
-	http *http.Client
+	base  string
+	http  *http.Client
+	creds Credentials
+	opts  ClientOptions
 }
 
-// NewClient returns a client for the API at addr (host:port or a URL).
-func NewClient(addr string) *Client {
+// NewClient returns a client for the plain-http API at addr (host:port or
+// a URL), without credentials.
+func NewClient(addr string) *Client { return NewClientWith(addr, ClientOptions{}) }
+
+// NewClientWith returns a client for the API at addr: https when o.TLS is
+// set (or addr says https://), with o's credentials on every request.
+func NewClientWith(addr string, o ClientOptions) *Client {
 	base := addr
 	if !strings.Contains(base, "://") {
-		base = "http://" + base
+		scheme := "http://"
+		if o.TLS != nil {
+			scheme = "https://"
+		}
+		base = scheme + base
 	}
-	return &Client{base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: 150 * time.Second}}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if o.TLS != nil {
+		transport.TLSClientConfig = o.TLS.Clone()
+	}
+	return &Client{
+		base:  strings.TrimRight(base, "/"),
+		http:  &http.Client{Timeout: 150 * time.Second, Transport: transport},
+		creds: Credentials{Basic: o.Auth, Token: o.Token},
+		opts:  o,
+	}
 }
+
+// WithAddr returns a client for another agent with the same TLS settings
+// and credentials (the CLI fans out to members this way).
+func (c *Client) WithAddr(addr string) *Client { return NewClientWith(addr, c.opts) }
+
+// CloseIdle drops the client's idle connections.
+func (c *Client) CloseIdle() { c.http.CloseIdleConnections() }
 
 // Addr returns the API base URL.
 func (c *Client) Addr() string { return c.base }
@@ -40,12 +67,46 @@ func (c *Client) Cluster(ctx context.Context) (ClusterInfo, error) {
 
 // Health fetches GET /health; a 503 is not an error, it is the answer.
 func (c *Client) Health(ctx context.Context) (HealthInfo, bool, error) {
+	return c.Check(ctx, "/health")
+}
+
+// Check fetches a health endpoint (path with its query, e.g.
+// "/replica?lag=16MB"): ok is the 200/503 answer; err means no answer.
+func (c *Client) Check(ctx context.Context, path string) (HealthInfo, bool, error) {
 	var h HealthInfo
-	code, err := c.do(ctx, http.MethodGet, "/health", nil, &h)
+	code, err := c.do(ctx, http.MethodGet, path, nil, &h)
 	if code == http.StatusServiceUnavailable {
 		return h, false, nil
 	}
 	return h, err == nil, err
+}
+
+// Reinitialize asks the agent to re-clone its replica from the primary.
+func (c *Client) Reinitialize(ctx context.Context) error {
+	_, err := c.do(ctx, http.MethodPost, "/reinitialize", struct{}{}, nil)
+	return err
+}
+
+// Metrics fetches GET /metrics as text.
+func (c *Client) Metrics(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	c.creds.setAuth(req)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("cannot reach the pgha agent at %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", &StatusError{Code: resp.StatusCode, Msg: fmt.Sprintf("GET /metrics: %s", strings.TrimSpace(string(data)))}
+	}
+	return string(data), nil
 }
 
 // Join asks the local agent to join the cluster of req.Addr.
@@ -84,6 +145,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) (int,
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	c.creds.setAuth(req)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {

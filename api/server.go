@@ -6,6 +6,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,7 +38,8 @@ func Errorf(code int, format string, args ...any) error {
 // Backend is what the agent provides to the API. Small on purpose.
 type Backend interface {
 	Cluster() ClusterInfo
-	Health() (ok bool, h HealthInfo)
+	// Health is this node's status; the health endpoints decide from it.
+	Health() HealthInfo
 	Join(ctx context.Context, req JoinRequest) error
 	Leave(ctx context.Context) error
 	Remove(ctx context.Context, req RemoveRequest) error
@@ -55,6 +57,9 @@ type Backend interface {
 	// Restart and Reload act on this member's PostgreSQL.
 	Restart(ctx context.Context) error
 	Reload(ctx context.Context) error
+	// Reinitialize throws this replica's data away and clones it again
+	// from the primary. Refused on the primary.
+	Reinitialize(ctx context.Context) error
 	// ProxyStats is the body of GET /proxy (the proxy's counters).
 	ProxyStats() any
 	// LeaderAPI returns the leader's API address, "" when unknown.
@@ -65,6 +70,18 @@ type Backend interface {
 type Options struct {
 	Addr   string
 	Logger *slog.Logger
+	// TLS, when set, serves https. Client certificates are verified when
+	// presented but not required: operators' CLIs have none.
+	TLS *tls.Config
+	// ClientTLS is used to forward requests to the leader's https API.
+	ClientTLS *tls.Config
+	// Auth, when enabled, guards the mutating endpoints (401 without).
+	Auth Credentials
+	// ProtectReads guards the read endpoints too; health endpoints stay
+	// open for load balancers.
+	ProtectReads bool
+	// Metrics serves GET /metrics (Prometheus text format); nil: 404.
+	Metrics http.Handler
 }
 
 // Server is the HTTP server.
@@ -74,6 +91,7 @@ type Server struct {
 	backend Backend
 	log     *slog.Logger
 	client  *http.Client
+	scheme  string // of the leader's API when forwarding
 }
 
 // maxBody bounds request bodies: every request we accept is tiny.
@@ -90,25 +108,53 @@ func New(o Options, b Backend) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api listen on %s: %w", o.Addr, err)
 	}
-	s := &Server{ln: ln, backend: b, log: o.Logger, client: &http.Client{Timeout: 90 * time.Second}}
+	scheme := "http"
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if o.ClientTLS != nil {
+		scheme = "https"
+		transport.TLSClientConfig = o.ClientTLS.Clone()
+	}
+	if o.TLS != nil {
+		tc := o.TLS.Clone()
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+		ln = tls.NewListener(ln, tc)
+	}
+	s := &Server{ln: ln, backend: b, log: o.Logger, scheme: scheme,
+		client: &http.Client{Timeout: 90 * time.Second, Transport: transport}}
+	auth := newAuthenticator(o.Auth)
+	write := auth.require
+	read := func(h http.HandlerFunc) http.HandlerFunc { return h }
+	if o.ProtectReads {
+		read = auth.require
+	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /cluster", s.handleCluster)
-	mux.HandleFunc("GET /health", s.handleHealth)
-	mux.HandleFunc("HEAD /health", s.handleHealth)
-	mux.HandleFunc("OPTIONS /health", s.handleHealth)
-	mux.HandleFunc("POST /v1/join", s.handleJoin)
-	mux.HandleFunc("POST /v1/leave", s.handleLeave)
-	mux.HandleFunc("POST /v1/remove", s.handleRemove)
-	mux.HandleFunc("POST /switchover", s.handleSwitchover)
-	mux.HandleFunc("DELETE /switchover", s.handleCancelSwitchover)
-	mux.HandleFunc("POST /failover", s.handleFailover)
-	mux.HandleFunc("POST /v1/pause", s.handlePause)
-	mux.HandleFunc("GET /history", s.handleHistory)
-	mux.HandleFunc("GET /config", s.handleConfig)
-	mux.HandleFunc("GET /proxy", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.backend.ProxyStats()) })
-	mux.HandleFunc("PATCH /config", s.handlePatchConfig)
-	mux.HandleFunc("POST /restart", s.handleRestart)
-	mux.HandleFunc("POST /reload", s.handleReload)
+	for path := range healthRoutes {
+		pattern := path
+		if path == "/" {
+			pattern = "/{$}" // only the root itself, not every unknown path
+		}
+		for _, m := range []string{"GET", "HEAD", "OPTIONS"} {
+			mux.HandleFunc(m+" "+pattern, s.handleHealthCheck)
+		}
+	}
+	mux.HandleFunc("GET /cluster", read(s.handleCluster))
+	mux.HandleFunc("GET /history", read(s.handleHistory))
+	mux.HandleFunc("GET /config", read(s.handleConfig))
+	mux.HandleFunc("GET /proxy", read(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.backend.ProxyStats()) }))
+	if o.Metrics != nil {
+		mux.Handle("GET /metrics", read(o.Metrics.ServeHTTP))
+	}
+	mux.HandleFunc("POST /v1/join", write(s.handleJoin))
+	mux.HandleFunc("POST /v1/leave", write(s.handleLeave))
+	mux.HandleFunc("POST /v1/remove", write(s.handleRemove))
+	mux.HandleFunc("POST /switchover", write(s.handleSwitchover))
+	mux.HandleFunc("DELETE /switchover", write(s.handleCancelSwitchover))
+	mux.HandleFunc("POST /failover", write(s.handleFailover))
+	mux.HandleFunc("POST /v1/pause", write(s.handlePause))
+	mux.HandleFunc("PATCH /config", write(s.handlePatchConfig))
+	mux.HandleFunc("POST /restart", write(s.handleRestart))
+	mux.HandleFunc("POST /reload", write(s.handleReload))
+	mux.HandleFunc("POST /reinitialize", write(s.handleReinitialize))
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -172,19 +218,6 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 
 func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.backend.Cluster())
-}
-
-func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	ok, h := s.backend.Health()
-	code := http.StatusOK
-	if !ok {
-		code = http.StatusServiceUnavailable
-	}
-	if r.Method == http.MethodHead {
-		w.WriteHeader(code)
-		return
-	}
-	writeJSON(w, code, h)
 }
 
 func (s *Server) handleJoin(w http.ResponseWriter, r *http.Request) {
@@ -329,6 +362,14 @@ func (s *Server) handleReload(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
 }
 
+func (s *Server) handleReinitialize(w http.ResponseWriter, r *http.Request) {
+	if err := s.backend.Reinitialize(r.Context()); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "reinitialized"})
+}
+
 func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.backend.History())
 }
@@ -346,7 +387,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte) {
 		writeError(w, Errorf(http.StatusServiceUnavailable, "no Raft leader known; is a quorum of members up?"))
 		return
 	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+leader+r.URL.RequestURI(), bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, s.scheme+"://"+leader+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		writeError(w, err)
 		return

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 // answers as an agent with nothing to say would.
 type fakeBackend struct {
 	ClusterFn   func() api.ClusterInfo
-	HealthFn    func() (bool, api.HealthInfo)
+	HealthFn    func() api.HealthInfo
 	JoinFn      func(ctx context.Context, req api.JoinRequest) error
 	LeaveFn     func(ctx context.Context) error
 	RemoveFn    func(ctx context.Context, req api.RemoveRequest) error
@@ -50,9 +50,9 @@ func (b *fakeBackend) Cluster() api.ClusterInfo {
 	return b.ClusterFn()
 }
 
-func (b *fakeBackend) Health() (bool, api.HealthInfo) {
+func (b *fakeBackend) Health() api.HealthInfo {
 	if b.HealthFn == nil {
-		return false, api.HealthInfo{}
+		return api.HealthInfo{}
 	}
 	return b.HealthFn()
 }
@@ -126,6 +126,9 @@ func (b *fakeBackend) Restart(ctx context.Context) error {
 }
 func (b *fakeBackend) Reload(ctx context.Context) error {
 	return errors.New("fake: Reload not expected")
+}
+func (b *fakeBackend) Reinitialize(ctx context.Context) error {
+	return errors.New("fake: Reinitialize not expected")
 }
 
 func (b *fakeBackend) LeaderAPI() string {
@@ -296,16 +299,16 @@ func TestCluster(t *testing.T) {
 
 func TestHealth(t *testing.T) {
 	var mu sync.Mutex
-	ok, info := true, api.HealthInfo{Name: "pg1", Role: "primary", State: "running", Raft: "leader", PGRunning: true}
-	set := func(o bool, h api.HealthInfo) {
+	info := api.HealthInfo{Name: "pg1", Role: "primary", State: "running", Raft: "leader", PGRunning: true}
+	set := func(_ bool, h api.HealthInfo) {
 		mu.Lock()
 		defer mu.Unlock()
-		ok, info = o, h
+		info = h
 	}
-	addr := startServer(t, &fakeBackend{HealthFn: func() (bool, api.HealthInfo) {
+	addr := startServer(t, &fakeBackend{HealthFn: func() api.HealthInfo {
 		mu.Lock()
 		defer mu.Unlock()
-		return ok, info
+		return info
 	}})
 	cl, hc, base := api.NewClient(addr), rawClient(t), "http://"+addr+"/health"
 
@@ -675,7 +678,7 @@ func TestServe_ReturnsAfterCancel(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 
 	srv, err := api.New(api.Options{Addr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
-		&fakeBackend{HealthFn: func() (bool, api.HealthInfo) { return true, api.HealthInfo{Name: "pg1"} }})
+		&fakeBackend{HealthFn: func() api.HealthInfo { return api.HealthInfo{Name: "pg1", PGRunning: true} }})
 	if err != nil {
 		t.Fatal(err)
 	}

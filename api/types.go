@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"crypto/tls"
+	"time"
+)
 
 // ClusterInfo is the body of GET /cluster: the cluster as the answering
 // node sees it (Raft FSM for the authoritative part, gossip for the rest).
@@ -41,23 +44,69 @@ type MemberInfo struct {
 	Read     string         `json:"read,omitempty"`  // proxy read address
 }
 
-// HealthInfo is the body of GET /health.
+// HealthInfo is the body of GET /health and of every Patroni-style health
+// endpoint (/primary, /replica, /read-only...): the node's status as its
+// agent sees it. The endpoints differ only in which status they answer 200
+// to (see health.go); the body is the same, as with Patroni.
 type HealthInfo struct {
-	Name      string    `json:"name"`
-	Role      string    `json:"role"`
-	State     string    `json:"state"`
-	Timeline  uint32    `json:"timeline,omitempty"`
-	WAL       string    `json:"wal_lsn,omitempty"`
-	Raft      string    `json:"raft_state"`
-	Leader    string    `json:"raft_leader,omitempty"`
-	Waiting   string    `json:"waiting,omitempty"`
-	Error     string    `json:"error,omitempty"`
-	LoopAt    time.Time `json:"loop_at"`
-	PGRunning bool      `json:"postgres_running"`
+	Name    string `json:"name"`
+	Cluster string `json:"scope,omitempty"`
+	// Role is primary, replica, witness or "" (nothing running yet).
+	Role  string `json:"role"`
+	State string `json:"state"`
+	// PGRunning: PostgreSQL accepts connections.
+	PGRunning bool `json:"postgres_running"`
+	// InRecovery: PostgreSQL runs as a standby (pg_is_in_recovery()).
+	InRecovery bool   `json:"in_recovery,omitempty"`
+	Timeline   uint32 `json:"timeline,omitempty"`
+	WAL        string `json:"wal_lsn,omitempty"`
+	// ReceiveLSN and ReplayLSN are a replica's positions.
+	ReceiveLSN string `json:"receive_lsn,omitempty"`
+	ReplayLSN  string `json:"replay_lsn,omitempty"`
+	// ReplicationState is Patroni's: "streaming" when the walreceiver
+	// streams, "in archive recovery" otherwise (replicas only).
+	ReplicationState string `json:"replication_state,omitempty"`
+	// LagBytes is how far a replica is behind the primary's position
+	// (replayed WAL against the primary's last known LSN); nil when
+	// unknown (no primary, or not a replica).
+	LagBytes *int64 `json:"lag_bytes,omitempty"`
+	// ReplayLagSeconds is now() - pg_last_xact_replay_timestamp().
+	ReplayLagSeconds float64 `json:"replay_lag_seconds,omitempty"`
+	// SyncStandby: this replica is in the committed synchronous set.
+	SyncStandby bool `json:"sync_standby,omitempty"`
+	// Primary: this node holds the primary record and Raft leadership.
+	Primary bool `json:"primary"`
+	// Raft is this node's Raft state; Leader the Raft leader's name.
+	Raft   string `json:"raft_state"`
+	Leader string `json:"raft_leader,omitempty"`
+	Paused bool   `json:"pause,omitempty"`
+	// PendingRestart: a changed setting needs a PostgreSQL restart.
+	PendingRestart bool           `json:"pending_restart,omitempty"`
+	Tags           map[string]any `json:"tags,omitempty"`
+	Waiting        string         `json:"waiting,omitempty"`
+	Error          string         `json:"error,omitempty"`
+	// LoopAt is when the HA loop last finished a round; /liveness fails
+	// when it is stale.
+	LoopAt time.Time `json:"loop_at"`
+	// MaxLagOnFailover is the cluster's maximum_lag_on_failover, the
+	// default lag bound of /readiness.
+	MaxLagOnFailover int64 `json:"-"`
 	// Yield: this node holds the primary record but cannot run
 	// PostgreSQL as primary; the leader must fail over instead of handing
 	// leadership back to it.
 	Yield bool `json:"yield,omitempty"`
+}
+
+// ClientOptions configures a Client: TLS for an https API and the
+// credentials sent with every request.
+type ClientOptions struct {
+	// TLS, when set, makes the client speak https and verify the server
+	// with it (RootCAs = the cluster CA).
+	TLS *tls.Config
+	// Auth is "user:password" for HTTP basic auth.
+	Auth string
+	// Token is sent as "Authorization: Bearer TOKEN" (when Auth is empty).
+	Token string
 }
 
 // JoinRequest is the body of POST /v1/join.
