@@ -162,7 +162,9 @@ func startAuthServer(tb testing.TB, b api.Backend, creds api.Credentials, protec
 func TestAuth(t *testing.T) {
 	paused := calls[bool]{}
 	b := &fakeBackend{
-		HealthFn: func() api.HealthInfo { return api.HealthInfo{Name: "n1", Role: "primary", Primary: true, PGRunning: true} },
+		HealthFn: func() api.HealthInfo {
+			return api.HealthInfo{Name: "n1", Role: "primary", Primary: true, PGRunning: true}
+		},
 		PausedFn: func(_ context.Context, p bool) error { paused.add(p); return nil },
 	}
 	creds := api.Credentials{Basic: "admin:s3cret", Token: "tok-123"}
