@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,9 +37,9 @@ func NewClientWith(addr string, o ClientOptions) *Client {
 		}
 		base = scheme + base
 	}
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	if o.TLS != nil {
-		transport.TLSClientConfig = o.TLS.Clone()
+	transport := o.Transport
+	if transport == nil {
+		transport = NewTransport(o.TLS)
 	}
 	return &Client{
 		base:  strings.TrimRight(base, "/"),
@@ -48,12 +49,20 @@ func NewClientWith(addr string, o ClientOptions) *Client {
 	}
 }
 
+// NewTransport returns an HTTP transport for the API: the default one
+// when tc is nil, else a transport with tc.
+func NewTransport(tc *tls.Config) http.RoundTripper {
+	if tc == nil {
+		return http.DefaultTransport
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = tc.Clone()
+	return t
+}
+
 // WithAddr returns a client for another agent with the same TLS settings
 // and credentials (the CLI fans out to members this way).
 func (c *Client) WithAddr(addr string) *Client { return NewClientWith(addr, c.opts) }
-
-// CloseIdle drops the client's idle connections.
-func (c *Client) CloseIdle() { c.http.CloseIdleConnections() }
 
 // Addr returns the API base URL.
 func (c *Client) Addr() string { return c.base }
@@ -67,12 +76,12 @@ func (c *Client) Cluster(ctx context.Context) (ClusterInfo, error) {
 
 // Health fetches GET /health; a 503 is not an error, it is the answer.
 func (c *Client) Health(ctx context.Context) (HealthInfo, bool, error) {
-	return c.Check(ctx, "/health")
+	return c.Probe(ctx, "/health")
 }
 
-// Check fetches a health endpoint (path with its query, e.g.
+// Probe fetches a health endpoint (path with its query, e.g.
 // "/replica?lag=16MB"): ok is the 200/503 answer; err means no answer.
-func (c *Client) Check(ctx context.Context, path string) (HealthInfo, bool, error) {
+func (c *Client) Probe(ctx context.Context, path string) (HealthInfo, bool, error) {
 	var h HealthInfo
 	code, err := c.do(ctx, http.MethodGet, path, nil, &h)
 	if code == http.StatusServiceUnavailable {
@@ -236,4 +245,12 @@ func (c *Client) Reload(ctx context.Context) error {
 func (c *Client) CancelSwitchover(ctx context.Context) error {
 	_, err := c.do(ctx, http.MethodDelete, "/switchover", nil, nil)
 	return err
+}
+
+// Check runs GET /check with the given thresholds.
+func (c *Client) Check(ctx context.Context, o CheckOptions) (CheckResult, error) {
+	var res CheckResult
+	q := fmt.Sprintf("/check?warn_lag=%d&crit_lag=%d&warn_conn=%d&crit_conn=%d", o.WarnLag, o.CritLag, o.WarnConnPct, o.CritConnPct)
+	_, err := c.do(ctx, http.MethodGet, q, nil, &res)
+	return res, err
 }

@@ -139,9 +139,9 @@ func TestHealthEndpointsHTTP(t *testing.T) {
 	}
 	// The client reads the 503 body too.
 	set("lagging")
-	h, ok, err := api.NewClient(addr).Check(ctxFor(t), "/replica?lag=1MB")
+	h, ok, err := api.NewClient(addr).Probe(ctxFor(t), "/replica?lag=1MB")
 	if err != nil || ok || h.LagBytes == nil || *h.LagBytes != 64<<20 {
-		t.Errorf("Check = %+v, %v, %v", h, ok, err)
+		t.Errorf("Probe = %+v, %v, %v", h, ok, err)
 	}
 }
 

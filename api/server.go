@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -60,6 +61,8 @@ type Backend interface {
 	// Reinitialize throws this replica's data away and clones it again
 	// from the primary. Refused on the primary.
 	Reinitialize(ctx context.Context) error
+	// Check runs the operator's health check (GET /check, `pgha check`).
+	Check(ctx context.Context, o CheckOptions) CheckResult
 	// ProxyStats is the body of GET /proxy (the proxy's counters).
 	ProxyStats() any
 	// LeaderAPI returns the leader's API address, "" when unknown.
@@ -140,6 +143,7 @@ func New(o Options, b Backend) (*Server, error) {
 	mux.HandleFunc("GET /cluster", read(s.handleCluster))
 	mux.HandleFunc("GET /history", read(s.handleHistory))
 	mux.HandleFunc("GET /config", read(s.handleConfig))
+	mux.HandleFunc("GET /check", read(s.handleCheck))
 	mux.HandleFunc("GET /proxy", read(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.backend.ProxyStats()) }))
 	if o.Metrics != nil {
 		mux.Handle("GET /metrics", read(o.Metrics.ServeHTTP))
@@ -360,6 +364,44 @@ func (s *Server) handleReload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
+}
+
+func (s *Server) handleCheck(w http.ResponseWriter, r *http.Request) {
+	o := DefaultCheckOptions()
+	q := r.URL.Query()
+	for _, p := range []struct {
+		name string
+		dst  *int64
+	}{{"warn_lag", &o.WarnLag}, {"crit_lag", &o.CritLag}} {
+		if v := q.Get(p.name); v != "" {
+			n, err := parseLag(v)
+			if err != nil {
+				writeError(w, Errorf(http.StatusBadRequest, "%s=%q: %v", p.name, v, err))
+				return
+			}
+			*p.dst = n
+		}
+	}
+	for _, p := range []struct {
+		name string
+		dst  *int
+	}{{"warn_conn", &o.WarnConnPct}, {"crit_conn", &o.CritConnPct}} {
+		if v := q.Get(p.name); v != "" {
+			n, err := strconv.Atoi(strings.TrimSuffix(v, "%"))
+			if err != nil || n < 1 || n > 100 {
+				writeError(w, Errorf(http.StatusBadRequest, "%s=%q: want a percentage of max_connections, 1-100", p.name, v))
+				return
+			}
+			*p.dst = n
+		}
+	}
+	if o.WarnLag > o.CritLag || o.WarnConnPct > o.CritConnPct {
+		writeError(w, Errorf(http.StatusBadRequest, "a warning threshold is above its critical one"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	writeJSON(w, http.StatusOK, s.backend.Check(ctx, o))
 }
 
 func (s *Server) handleReinitialize(w http.ResponseWriter, r *http.Request) {

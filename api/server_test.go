@@ -127,6 +127,9 @@ func (b *fakeBackend) Restart(ctx context.Context) error {
 func (b *fakeBackend) Reload(ctx context.Context) error {
 	return errors.New("fake: Reload not expected")
 }
+func (b *fakeBackend) Check(ctx context.Context, o api.CheckOptions) api.CheckResult {
+	return api.CheckResult{Name: "fake", Status: api.CheckOK}
+}
 func (b *fakeBackend) Reinitialize(ctx context.Context) error {
 	return errors.New("fake: Reinitialize not expected")
 }

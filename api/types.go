@@ -2,6 +2,7 @@ package api
 
 import (
 	"crypto/tls"
+	"net/http"
 	"time"
 )
 
@@ -107,6 +108,10 @@ type ClientOptions struct {
 	Auth string
 	// Token is sent as "Authorization: Bearer TOKEN" (when Auth is empty).
 	Token string
+	// Transport, when set, is used as is (TLS then comes from it): a
+	// long-lived caller shares one so connections are reused, not leaked
+	// one transport per call.
+	Transport http.RoundTripper
 }
 
 // JoinRequest is the body of POST /v1/join.
@@ -191,4 +196,70 @@ type ScheduledInfo struct {
 	At        time.Time `json:"at"`
 	From      string    `json:"from"`
 	Candidate string    `json:"candidate,omitempty"`
+}
+
+// Check statuses, in the Nagios convention (exit codes OK 0, WARNING 1,
+// CRITICAL 2, UNKNOWN 3; see CheckExitCode).
+const (
+	CheckOK       = "OK"
+	CheckWarning  = "WARNING"
+	CheckCritical = "CRITICAL"
+	CheckUnknown  = "UNKNOWN"
+)
+
+// CheckOptions are the thresholds of GET /check (query parameters
+// warn_lag, crit_lag as sizes; warn_conn, crit_conn as percentages of
+// max_connections).
+type CheckOptions struct {
+	WarnLag     int64
+	CritLag     int64
+	WarnConnPct int
+	CritConnPct int
+}
+
+// DefaultCheckOptions are used for thresholds the caller leaves out.
+func DefaultCheckOptions() CheckOptions {
+	return CheckOptions{WarnLag: 16 << 20, CritLag: 64 << 20, WarnConnPct: 80, CritConnPct: 90}
+}
+
+// CheckItem is one component's verdict.
+type CheckItem struct {
+	Component string `json:"component"`
+	Status    string `json:"status"`
+	Message   string `json:"message"`
+}
+
+// CheckResult is the body of GET /check.
+type CheckResult struct {
+	Name   string      `json:"name"`
+	Role   string      `json:"role"`
+	Status string      `json:"status"` // the worst of Checks
+	Checks []CheckItem `json:"checks"`
+}
+
+// CheckRank orders statuses from best to worst, for the overall verdict:
+// a CRITICAL outranks an UNKNOWN.
+func CheckRank(s string) int {
+	switch s {
+	case CheckOK:
+		return 0
+	case CheckWarning:
+		return 1
+	case CheckUnknown:
+		return 2
+	}
+	return 3
+}
+
+// CheckExitCode is the Nagios exit code of a status.
+func CheckExitCode(s string) int {
+	switch s {
+	case CheckOK:
+		return 0
+	case CheckWarning:
+		return 1
+	case CheckCritical:
+		return 2
+	}
+	return 3
 }

@@ -65,8 +65,13 @@ type Node struct {
 	LogPath               string
 	PG, API, Raft, Gossip int
 	Write, Read           int // proxy ports
-	cmd                   *exec.Cmd
-	exited                chan struct{}
+	// Env is added to the agent's environment (PGHA_* settings).
+	Env []string
+	// APIOptions, when set, is how Client reaches the API (https,
+	// credentials).
+	APIOptions *api.ClientOptions
+	cmd        *exec.Cmd
+	exited     chan struct{}
 }
 
 // Cluster is a set of agents on loopback with their own directories.
@@ -166,6 +171,9 @@ func (c *Cluster) Start(nd *Node) {
 	}
 	defer logf.Close()
 	cmd := exec.Command(pghaBin, "run", "-c", nd.ConfigPath)
+	if len(nd.Env) > 0 {
+		cmd.Env = append(os.Environ(), nd.Env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -273,7 +281,12 @@ func postmasterPID(nd *Node) int {
 }
 
 // Client returns an API client for nd.
-func (nd *Node) Client() *api.Client { return api.NewClient(fmt.Sprintf("127.0.0.1:%d", nd.API)) }
+func (nd *Node) Client() *api.Client {
+	if nd.APIOptions != nil {
+		return api.NewClientWith(fmt.Sprintf("127.0.0.1:%d", nd.API), *nd.APIOptions)
+	}
+	return api.NewClient(fmt.Sprintf("127.0.0.1:%d", nd.API))
+}
 
 // DSN is a libpq URL for nd's PostgreSQL as the superuser.
 func (nd *Node) DSN() string {

@@ -38,4 +38,15 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
 	echo "creating the unprivileged OS user 'postgres' that runs PostgreSQL when pgha runs as root" >&2
 	useradd --system --no-create-home --shell /usr/sbin/nologin postgres || fail=1
 fi
+# HAProxy is optional: the test that drives a real HAProxy with pgha's
+# Patroni-style health endpoints, and make bench-proxy, use it.
+if ! command -v haproxy >/dev/null 2>&1 && [ "${PGHA_SKIP_HAPROXY:-}" = "" ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "haproxy not found: installing it with apt-get (for the HAProxy compatibility test)" >&2
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; } >/dev/null 2>&1 ||
+			echo "note: could not install haproxy; the HAProxy compatibility test will be skipped (apt-get install -y haproxy)" >&2
+	else
+		echo "note: haproxy not found; the HAProxy compatibility test will be skipped (apt-get install -y haproxy)" >&2
+	fi
+fi
 exit $fail

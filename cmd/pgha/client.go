@@ -2,43 +2,104 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/config"
+	"github.com/pgha/pgha/tlsconf"
 	"github.com/urfave/cli/v2"
 )
 
 // clientFlags are shared by every command that talks to an agent.
 func clientFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "api", Usage: "REST API `ADDR` (host:port) of an agent [default: from --config, else 127.0.0.1:8008]", EnvVars: []string{"PGHA_API"}},
-		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "read the agent's API address from this configuration `FILE`", EnvVars: []string{"PGHA_CONFIG"}},
+		&cli.StringFlag{Name: "api", Usage: "REST API `ADDR` (host:port or URL) of an agent [default: from --config, else 127.0.0.1:8008]", EnvVars: []string{"PGHA_API"}},
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "read the agent's API address, credentials and TLS files from this configuration `FILE`", EnvVars: []string{"PGHA_CONFIG"}},
+		&cli.StringFlag{Name: "api-auth", Usage: "`USER:PASSWORD` for the API's basic auth (file:PATH reads it from a file)", EnvVars: []string{"PGHA_API_AUTH"}},
+		&cli.StringFlag{Name: "api-token", Usage: "bearer `TOKEN` for the API (file:PATH reads it from a file)", EnvVars: []string{"PGHA_API_TOKEN"}},
+		&cli.StringFlag{Name: "ca-file", Usage: "verify the agent's https certificate with this CA `FILE` (turns https on)", EnvVars: []string{"PGHA_TLS_CA_FILE"}},
+		&cli.BoolFlag{Name: "insecure", Usage: "https without verifying the agent's certificate (testing only)"},
 	}
 }
 
-// apiClient resolves which agent to talk to: --api, PGHA_API, the
-// configuration file's api address, then the default.
+// apiClient resolves which agent to talk to and how: the address from
+// --api, PGHA_API, the configuration file's api address, then the
+// default; credentials from --api-auth/--api-token (or their variables),
+// else the configuration file's; https when --ca-file or --insecure is
+// given or the configuration file has TLS.
 func apiClient(c *cli.Context) (*api.Client, error) {
-	if addr := c.String("api"); addr != "" {
-		return api.NewClient(addr), nil
-	}
+	addr := c.String("api")
+	var cfg *config.Config
 	if path := c.String("config"); path != "" {
-		cfg, err := config.LoadFile(path)
-		if err != nil {
+		var err error
+		if cfg, err = config.LoadFile(path); err != nil {
+			return nil, err
+		}
+		if err := cfg.ReadSecretFiles(); err != nil {
 			return nil, err
 		}
 		cfg.Resolve()
-		addr := cfg.API.Advertise
 		if addr == "" {
-			addr = cfg.API.Addr
+			addr = cfg.API.Advertise
+			if addr == "" {
+				addr = cfg.API.Addr
+			}
 		}
-		return api.NewClient(addr), nil
 	}
-	return api.NewClient(config.Default().API.Addr), nil
+	if addr == "" {
+		addr = config.Default().API.Addr
+	}
+	var o api.ClientOptions
+	var err error
+	if o.Auth, err = secretFlag(c, "api-auth"); err != nil {
+		return nil, err
+	}
+	if o.Token, err = secretFlag(c, "api-token"); err != nil {
+		return nil, err
+	}
+	if o.Auth != "" && !strings.Contains(o.Auth, ":") {
+		return nil, usagef("--api-auth wants USER:PASSWORD")
+	}
+	if o.Auth == "" && o.Token == "" && cfg != nil {
+		o.Auth, o.Token = cfg.API.Auth, cfg.API.Token
+	}
+	switch {
+	case c.Bool("insecure"):
+		o.TLS = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for by --insecure
+	case c.String("ca-file") != "":
+		pool, err := tlsconf.CAPool(c.String("ca-file"))
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		o.TLS = &tls.Config{RootCAs: pool, MinVersion: tlsconf.MinVersion}
+	case cfg != nil && cfg.TLS.Enabled():
+		b, err := tlsconf.Load(tlsconf.Files(cfg.TLS))
+		if err != nil {
+			return nil, err
+		}
+		o.TLS = b.PeerClient()
+	}
+	return api.NewClientWith(addr, o), nil
+}
+
+// secretFlag reads a flag that may name a file ("file:PATH").
+func secretFlag(c *cli.Context, name string) (string, error) {
+	v := c.String(name)
+	path, ok := strings.CutPrefix(v, config.SecretFilePrefix)
+	if !ok {
+		return v, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--%s: %w", name, err)
+	}
+	return strings.TrimRight(string(data), "\r\n"), nil
 }
 
 // outputFlag is -o table|json.

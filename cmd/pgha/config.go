@@ -150,7 +150,7 @@ func memberCommand(name, usage string, do func(*api.Client, context.Context) err
 			}
 			sort.SliceStable(targets, func(i, j int) bool { return targets[i].Role != "leader" && targets[j].Role == "leader" })
 			for _, m := range targets {
-				if err := do(api.NewClient(m.API), ctx); err != nil {
+				if err := do(cl.WithAddr(m.API), ctx); err != nil {
 					return fmt.Errorf("%s on %s: %w", name, m.Name, err)
 				}
 				fmt.Fprintf(stdout(), "%s: %s done\n", m.Name, name)
@@ -170,4 +170,18 @@ func reloadCommand() *cli.Command {
 	return memberCommand("reload", "reload PostgreSQL's configuration on NAME, or on every member", func(cl *api.Client, ctx context.Context) error {
 		return cl.Reload(ctx)
 	})
+}
+
+func reinitCommand() *cli.Command {
+	cmd := memberCommand("reinit", "re-clone replica NAME from the primary (its old data directory is moved aside, not deleted)", func(cl *api.Client, ctx context.Context) error {
+		return cl.Reinitialize(ctx)
+	})
+	cmd.ArgsUsage = "NAME"
+	cmd.Before = func(c *cli.Context) error {
+		if c.NArg() != 1 {
+			return usagef("reinit takes the member NAME to re-clone")
+		}
+		return nil
+	}
+	return cmd
 }

@@ -27,10 +27,13 @@ import (
 // demoState is DIR/demo.json: what the directory was laid out for, so a
 // second run can reuse it (same shape) or clean it (different shape).
 type demoState struct {
-	Nodes     int    `json:"nodes"`
-	PortBase  int    `json:"port_base"`
-	Password  string `json:"password"`
-	ReplPass  string `json:"replication_password"`
+	Nodes    int    `json:"nodes"`
+	PortBase int    `json:"port_base"`
+	Password string `json:"password"`
+	ReplPass string `json:"replication_password"`
+	// APIAuth is the REST API's basic-auth USER:PASSWORD: mutating
+	// commands need it even on loopback, as in production.
+	APIAuth   string `json:"api_auth"`
 	CreatedBy string `json:"created_by"`
 }
 
@@ -43,8 +46,11 @@ type demoNode struct {
 
 // clusterFile is DIR/cluster.json, for scripts.
 type clusterFile struct {
-	Dir   string            `json:"dir"`
-	Nodes []clusterFileNode `json:"nodes"`
+	Dir string `json:"dir"`
+	// APIAuth is what --api-auth / PGHA_API_AUTH need for commands that
+	// change the cluster (switchover, failover, pause...).
+	APIAuth string            `json:"api_auth"`
+	Nodes   []clusterFileNode `json:"nodes"`
 }
 
 type clusterFileNode struct {
@@ -241,6 +247,13 @@ func prepareDemoDir(dir string, n, base int) (demoState, error) {
 		}
 		if st.Nodes == n && st.PortBase == base && st.Password != "" {
 			fmt.Printf("pgha demo: reusing the cluster in %s\n", dir)
+			if st.APIAuth == "" { // a demo made before API auth existed
+				st.APIAuth = "admin:" + randomSecret()
+				b, _ := json.MarshalIndent(st, "", "  ")
+				if err := os.WriteFile(statePath, b, 0o600); err != nil {
+					return st, err
+				}
+			}
 			return st, nil
 		}
 		fmt.Printf("pgha demo: %s held a %d-node demo; cleaning it\n", dir, st.Nodes)
@@ -262,7 +275,8 @@ func prepareDemoDir(dir string, n, base int) (demoState, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return st, err
 	}
-	st = demoState{Nodes: n, PortBase: base, Password: randomSecret(), ReplPass: randomSecret(), CreatedBy: "pgha demo"}
+	st = demoState{Nodes: n, PortBase: base, Password: randomSecret(), ReplPass: randomSecret(),
+		APIAuth: "admin:" + randomSecret(), CreatedBy: "pgha demo"}
 	b, _ := json.MarshalIndent(st, "", "  ")
 	if err := os.WriteFile(statePath, b, 0o600); err != nil {
 		return st, err
@@ -315,7 +329,7 @@ func writeDemoConfig(nd demoNode, all []demoNode, st demoState, pgBin string) er
 	if len(join) > 0 {
 		fmt.Fprintf(&b, "  join: [%s]\n", strings.Join(join, ", "))
 	}
-	fmt.Fprintf(&b, "api:\n  addr: 127.0.0.1:%d\n", nd.API)
+	fmt.Fprintf(&b, "api:\n  addr: 127.0.0.1:%d\n  auth: %s\n", nd.API, st.APIAuth)
 	fmt.Fprintf(&b, "proxy:\n  write_addr: 127.0.0.1:%d\n  read_addr: 127.0.0.1:%d\n", nd.W, nd.R)
 	fmt.Fprintf(&b, "postgresql:\n  listen: 127.0.0.1\n  port: %d\n", nd.PG)
 	if pgBin != "" {
@@ -394,7 +408,7 @@ func dsn(st demoState, port int) string {
 }
 
 func writeClusterFile(dir string, nodes []demoNode, st demoState) clusterFile {
-	cf := clusterFile{Dir: dir}
+	cf := clusterFile{Dir: dir, APIAuth: st.APIAuth}
 	for _, nd := range nodes {
 		cf.Nodes = append(cf.Nodes, clusterFileNode{
 			Name: nd.Name, API: fmt.Sprintf("127.0.0.1:%d", nd.API), Postgres: fmt.Sprintf("127.0.0.1:%d", nd.PG),
@@ -435,6 +449,8 @@ func printDemo(ci api.ClusterInfo, nodes []demoNode, cf clusterFile, took time.D
 		fmt.Printf("  psql '%s'   # %s (%s)\n", n.DSN, n.Name, strings.ToLower(roles[nodes[i].Name]))
 	}
 	fmt.Printf("\nCluster status:  %s list --api %s\n", selfName(), cf.Nodes[0].API)
+	fmt.Printf("Switchover:      PGHA_API_AUTH=%s %s switchover --api %s\n", cf.APIAuth, selfName(), cf.Nodes[0].API)
+	fmt.Printf("Health check:    %s check --api %s\n", selfName(), cf.Nodes[0].API)
 	fmt.Printf("Scripts:         %s\n", filepath.Join(cf.Dir, "cluster.json"))
 	fmt.Printf("Agent logs:      %s\n", filepath.Join(cf.Dir, "n*", "agent.log"))
 }

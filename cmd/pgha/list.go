@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pgha/pgha/api"
@@ -14,8 +17,59 @@ import (
 )
 
 func listCommand() *cli.Command {
-	return readCommand("list", "show the members of the cluster, their roles, states and lag",
+	cmd := readCommand("list", "show the members of the cluster, their roles, states and lag",
 		func(ctx context.Context, cl *api.Client) (api.ClusterInfo, error) { return cl.Cluster(ctx) }, renderCluster)
+	cmd.Flags = append(cmd.Flags,
+		&cli.BoolFlag{Name: "watch", Aliases: []string{"W"}, Usage: "refresh every --interval until Ctrl-C"},
+		&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "refresh `PERIOD` of --watch"})
+	once := cmd.Action
+	cmd.Action = func(c *cli.Context) error {
+		if !c.Bool("watch") {
+			return once(c)
+		}
+		return watch(c, once)
+	}
+	return cmd
+}
+
+// watch runs show every --interval until the command's context ends
+// (Ctrl-C), clearing the screen between rounds on a terminal. An agent
+// that does not answer is reported and retried: during a failover is
+// when one watches.
+func watch(c *cli.Context, show cli.ActionFunc) error {
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c.Context = ctx
+	interval := c.Duration("interval")
+	if interval < 100*time.Millisecond {
+		return usagef("--interval %s: use 100ms or more", interval)
+	}
+	tty := isTerminal(os.Stdout)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if tty {
+			fmt.Fprint(stdout(), "\033[H\033[2J")
+		}
+		fmt.Fprintln(stdout(), time.Now().Format("2006-01-02 15:04:05"))
+		if err := show(c); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			fmt.Fprintln(stdout(), "error:", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// isTerminal reports whether f is a character device (a terminal).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 var roleNames = map[string]string{"leader": "Leader", "replica": "Replica", "sync_standby": "Sync Standby", "witness": "Witness"}

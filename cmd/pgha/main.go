@@ -49,9 +49,16 @@ func newApp() *cli.App {
 			editConfigCommand(),
 			restartCommand(),
 			reloadCommand(),
+			reinitCommand(),
+			checkCommand(),
 			demoCommand(),
+			tlsCommand(),
+			keygenCommand(),
 		},
 		OnUsageError: onUsageError,
+		// runMain turns errors into exit codes; urfave/cli would otherwise
+		// call os.Exit itself on an ExitCoder.
+		ExitErrHandler: func(*cli.Context, error) {},
 	}
 	// urfave/cli uses each command's own handler for its flags.
 	for _, cmd := range app.Commands {
@@ -76,7 +83,9 @@ func runMain(args []string) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(os.Stderr, "pgha:", err)
+	if msg := err.Error(); msg != "" {
+		fmt.Fprintln(os.Stderr, "pgha:", msg)
+	}
 	var cerr *config.Error
 	var uerr usageError
 	if errors.As(err, &cerr) || errors.As(err, &uerr) {
