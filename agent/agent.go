@@ -6,11 +6,13 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -26,6 +28,7 @@ import (
 	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/proxy"
 	"github.com/pgha/pgha/raftfsm"
+	"github.com/pgha/pgha/tlsconf"
 )
 
 // Version is the agent's version, set by the build.
@@ -98,7 +101,10 @@ type Agent struct {
 	replicas        []pgnode.ReplicaInfo // pg_stat_replication at the last probe; guarded by mu
 
 	metrics      *metrics.Registry
-	lastWritable string // writable members at the last check (HA loop only)
+	tls          *tlsconf.Bundle   // nil without TLS
+	apiTransport http.RoundTripper // shared by calls to other members' APIs
+	lastWritable string            // writable members at the last check (HA loop only)
+	refusedJoins map[string]string // joins refused and logged, by member (HA loop only)
 
 	formation atomic.Bool // raft runs on fast timers until a leader exists
 	leaving   atomic.Bool
@@ -136,6 +142,21 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 	}
 	a := &Agent{cfg: cfg, log: logger, wake: make(chan struct{}, 1), shutdown: make(chan struct{}), lostLeadership: make(chan struct{}, 1)}
 	a.status.Name = cfg.Name
+	a.refusedJoins = map[string]string{}
+	if cfg.TLS.Enabled() {
+		// Loaded once, before anything listens: a bad file stops the start
+		// with a message naming it.
+		b, err := tlsconf.Load(tlsconf.Files(cfg.TLS))
+		if err != nil {
+			return nil, err
+		}
+		a.tls = b
+	}
+	var peerTLS *tls.Config
+	if a.tls != nil {
+		peerTLS = a.tls.PeerClient()
+	}
+	a.apiTransport = api.NewTransport(peerTLS)
 
 	pgCfg := pgnode.Config{
 		Name:               cfg.Name,
@@ -378,13 +399,17 @@ func (a *Agent) watchLeadership(ctx context.Context) {
 
 // apiOptions configures the REST API server from the node's settings.
 func (a *Agent) apiOptions(logger *slog.Logger) api.Options {
-	return api.Options{
+	o := api.Options{
 		Addr:         a.cfg.API.Addr,
 		Logger:       logger.With("component", "api"),
 		Auth:         a.apiCredentials(),
 		ProtectReads: a.cfg.API.ProtectReads,
 		Metrics:      a.metrics.Handler(),
 	}
+	if a.tls != nil {
+		o.TLS, o.ClientTLS = a.tls.Server(), a.tls.PeerClient()
+	}
+	return o
 }
 
 // apiCredentials are the node's own API credentials: required from
@@ -397,7 +422,11 @@ func (a *Agent) apiCredentials() api.Credentials {
 // credentials.
 func (a *Agent) apiClient(addr string) *api.Client {
 	c := a.apiCredentials()
-	return api.NewClientWith(addr, api.ClientOptions{Auth: c.Basic, Token: c.Token})
+	o := api.ClientOptions{Auth: c.Basic, Token: c.Token, Transport: a.apiTransport}
+	if a.tls != nil {
+		o.TLS = a.tls.PeerClient() // picks https; the transport carries it
+	}
+	return api.NewClientWith(addr, o)
 }
 
 // isLeader is the leadership the HA loop acts on: Raft says leader and

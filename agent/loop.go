@@ -275,6 +275,9 @@ func (a *Agent) publish(l LocalPG, waiting string) {
 	m := a.baseMeta()
 	m.HasRaft = a.raft.HasConfiguration()
 	m.Join = !m.HasRaft && (a.cfg.BootstrapExpect == 0 || a.joinWanted())
+	if m.Join {
+		m.JoinProof = a.ownJoinProof()
+	}
 	m.Leaving = a.leaving.Load()
 	m.Seen = a.seenHash()
 	m.Role, m.PGState, m.Timeline, m.WAL, m.SysID = role, state, l.Timeline, l.WAL, cur.SysID
@@ -435,6 +438,14 @@ func (a *Agent) reconcileMembers() {
 		srv, ok := inRaft[name]
 		if !ok {
 			if !m.Meta.Join || m.Meta.Raft == "" {
+				continue
+			}
+			if !a.joinAllowed(name, m) {
+				if a.refusedJoins[name] != m.Meta.JoinProof+"|"+m.Meta.Raft {
+					a.log.Warn("refusing to add a member: it did not prove it holds this cluster's API credentials (api.auth / api.token must match)",
+						"member", name, "raft", m.Meta.Raft, "gossip", m.Addr)
+					a.refusedJoins[name] = m.Meta.JoinProof + "|" + m.Meta.Raft
+				}
 				continue
 			}
 			a.log.Info("adding member to raft as non-voter", "member", name, "raft", m.Meta.Raft)

@@ -379,3 +379,43 @@ func TestHAProxyHealthChecks(t *testing.T) {
 		return nil
 	})
 }
+
+// TestJoinNeedsCredentials: with API credentials configured, a node that
+// does not hold them cannot get itself added to Raft; with them it can.
+func TestJoinNeedsCredentials(t *testing.T) {
+	c, ci := authCluster(t)
+	p, _ := primaryAndReplicas(c, ci)
+	n4 := c.addNode("n4")
+	c.Start(n4)
+	n4api := fmt.Sprintf("--api=127.0.0.1:%d", n4.API)
+	waitFor(t, 30*time.Second, "n4 API up", func() error {
+		_, _, err := n4.Client().Health(context.Background())
+		return err
+	})
+	gossip := fmt.Sprintf("127.0.0.1:%d", p.Gossip)
+	if _, errOut, code := cli(t, "join", n4api, "--timeout", "10s", gossip); code == 0 || !strings.Contains(errOut, "did not add") {
+		t.Fatalf("join without credentials: exit %d, %q; want a refusal", code, errOut)
+	}
+	leaderLog, _ := os.ReadFile(p.LogPath)
+	if !strings.Contains(string(leaderLog), "refusing to add a member") {
+		t.Error("the leader did not log why it refused n4")
+	}
+	if ci, err := c.Info(); err == nil {
+		for _, m := range ci.Members {
+			if m.Name == "n4" && m.Raft != "none" {
+				t.Fatalf("n4 got into Raft without credentials: %+v", m)
+			}
+		}
+	}
+	c.Stop(n4)
+	n4.Env = append(n4.Env, "PGHA_API_AUTH="+apiAuth)
+	c.Start(n4)
+	waitFor(t, 30*time.Second, "n4 API up", func() error {
+		_, _, err := n4.Client().Health(context.Background())
+		return err
+	})
+	if out, errOut, code := cli(t, "join", n4api, "--api-auth", apiAuth, gossip); code != 0 {
+		t.Fatalf("join with credentials: exit %d: %s %s", code, out, errOut)
+	}
+	c.WaitHealthy(90*time.Second, "n1", "n2", "n3", "n4")
+}

@@ -27,32 +27,35 @@ import (
 // Meta is a node's volatile status. Keys are short because memberlist
 // refuses metadata over 512 bytes.
 type Meta struct {
-	Cluster  string `json:"c"`
-	Version  string `json:"v,omitempty"`
-	Raft     string `json:"r,omitempty"`  // raft address
-	API      string `json:"a,omitempty"`  // REST API address
-	PG       string `json:"p,omitempty"`  // PostgreSQL host:port
-	Write    string `json:"pw,omitempty"` // proxy write address
-	Read     string `json:"pr,omitempty"` // proxy read address
-	Expect   int    `json:"e,omitempty"`  // bootstrap_expect
-	HasRaft  bool   `json:"hr,omitempty"` // has a Raft configuration
-	Join     bool   `json:"j,omitempty"`  // asks the leader to add it to Raft
-	Leaving  bool   `json:"l,omitempty"`  // leaving: do not re-add
-	Seen     string `json:"ss,omitempty"` // hash of the bootstrap candidates this node sees
-	Witness  bool   `json:"wi,omitempty"` // no PostgreSQL
-	Role     string `json:"ro,omitempty"` // primary, replica, or empty
-	PGState  string `json:"st,omitempty"` // running, streaming, stopped, cloning...
-	Timeline uint32 `json:"tl,omitempty"`
-	WAL      uint64 `json:"w,omitempty"`  // primary: current LSN; replica: replay LSN
-	Recv     uint64 `json:"rv,omitempty"` // replica: receive LSN
-	SysID    uint64 `json:"sy,omitempty"` // system identifier of the local data dir
-	NoFail   bool   `json:"nf,omitempty"`
-	NoLB     bool   `json:"nl,omitempty"`
-	Priority int    `json:"fp,omitempty"`
-	Pending  bool   `json:"rp,omitempty"` // restart pending
-	Err      string `json:"x,omitempty"`  // last error, shortened
-	Wait     string `json:"wt,omitempty"` // why the node is waiting, shortened
-	At       int64  `json:"t,omitempty"`  // unix ms when the status was read
+	Cluster string `json:"c"`
+	Version string `json:"v,omitempty"`
+	Raft    string `json:"r,omitempty"`  // raft address
+	API     string `json:"a,omitempty"`  // REST API address
+	PG      string `json:"p,omitempty"`  // PostgreSQL host:port
+	Write   string `json:"pw,omitempty"` // proxy write address
+	Read    string `json:"pr,omitempty"` // proxy read address
+	Expect  int    `json:"e,omitempty"`  // bootstrap_expect
+	HasRaft bool   `json:"hr,omitempty"` // has a Raft configuration
+	Join    bool   `json:"j,omitempty"`  // asks the leader to add it to Raft
+	// JoinProof shows that a joining node holds the cluster's API
+	// credentials (see agent.joinProof); set only while Join is.
+	JoinProof string `json:"jp,omitempty"`
+	Leaving   bool   `json:"l,omitempty"`  // leaving: do not re-add
+	Seen      string `json:"ss,omitempty"` // hash of the bootstrap candidates this node sees
+	Witness   bool   `json:"wi,omitempty"` // no PostgreSQL
+	Role      string `json:"ro,omitempty"` // primary, replica, or empty
+	PGState   string `json:"st,omitempty"` // running, streaming, stopped, cloning...
+	Timeline  uint32 `json:"tl,omitempty"`
+	WAL       uint64 `json:"w,omitempty"`  // primary: current LSN; replica: replay LSN
+	Recv      uint64 `json:"rv,omitempty"` // replica: receive LSN
+	SysID     uint64 `json:"sy,omitempty"` // system identifier of the local data dir
+	NoFail    bool   `json:"nf,omitempty"`
+	NoLB      bool   `json:"nl,omitempty"`
+	Priority  int    `json:"fp,omitempty"`
+	Pending   bool   `json:"rp,omitempty"` // restart pending
+	Err       string `json:"x,omitempty"`  // last error, shortened
+	Wait      string `json:"wt,omitempty"` // why the node is waiting, shortened
+	At        int64  `json:"t,omitempty"`  // unix ms when the status was read
 }
 
 // MaxMeta is memberlist's limit on node metadata.
