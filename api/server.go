@@ -209,13 +209,21 @@ func writeError(w http.ResponseWriter, err error) {
 	writeJSON(w, code, ErrorBody{Error: err.Error()})
 }
 
-// decode reads a JSON body strictly; errors are 400s with the reason.
+// decode reads a JSON body strictly: at most maxBody bytes in all (so
+// padding after the value counts too), one JSON value, no unknown field.
+// Errors are 400s with the reason.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
-	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-	dec := json.NewDecoder(r.Body)
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		return Errorf(http.StatusBadRequest, "bad request body: %v", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return Errorf(http.StatusBadRequest, "bad request body: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Errorf(http.StatusBadRequest, "bad request body: data after the JSON value")
 	}
 	return nil
 }
