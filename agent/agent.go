@@ -103,7 +103,8 @@ type Agent struct {
 	metrics      *metrics.Registry
 	tls          *tlsconf.Bundle   // nil without TLS
 	apiTransport http.RoundTripper // shared by calls to other members' APIs
-	lastWritable string            // writable members at the last check (HA loop only)
+	lastWritable []string          // writable members as last settled (see watchWritable); guarded by mu
+	multiSince   time.Time         // since when more than one member looks writable (HA loop only)
 	refusedJoins map[string]string // joins refused and logged, by member (HA loop only)
 
 	formation atomic.Bool // raft runs on fast timers until a leader exists

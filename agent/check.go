@@ -43,7 +43,7 @@ func (a *Agent) Check(ctx context.Context, o api.CheckOptions) api.CheckResult {
 		RaftContact: -1,
 		Initialized: st.Primary != nil,
 		Witness:     a.cfg.Witness,
-		Writable:    a.writableMembers(),
+		Writable:    a.writable(),
 		SyncMode:    st.Config.SynchronousMode,
 		SyncSet:     st.SyncSet,
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -107,5 +108,36 @@ func TestEvaluateCheck(t *testing.T) {
 			}
 			t.Errorf("no %s check in %+v", tt.component, res.Checks)
 		})
+	}
+}
+
+func TestSettleWritable(t *testing.T) {
+	var logged strings.Builder
+	a := &Agent{log: slog.New(slog.NewTextHandler(&logged, nil))}
+	t0 := time.Now()
+	a.settleWritable(t0, []string{"n1"})
+	// A failover: the old primary's stale gossip and the new primary
+	// overlap for a moment. Not reported.
+	a.settleWritable(t0.Add(time.Second), []string{"n1", "n2"})
+	a.settleWritable(t0.Add(2*time.Second), []string{"n1", "n2"})
+	if got := a.writable(); len(got) != 1 || got[0] != "n1" {
+		t.Fatalf("transient overlap reported: %v", got)
+	}
+	a.settleWritable(t0.Add(2500*time.Millisecond), []string{"n2"})
+	if got := a.writable(); len(got) != 1 || got[0] != "n2" {
+		t.Fatalf("after the overlap: %v", got)
+	}
+	if strings.Contains(logged.String(), "more than one") {
+		t.Fatalf("transient overlap logged as an error: %s", logged.String())
+	}
+	// Two writable members for longer than the grace: reported, once.
+	a.settleWritable(t0.Add(3*time.Second), []string{"n1", "n2"})
+	a.settleWritable(t0.Add(6*time.Second), []string{"n1", "n2"})
+	a.settleWritable(t0.Add(7*time.Second), []string{"n1", "n2"})
+	if got := a.writable(); len(got) != 2 {
+		t.Fatalf("lasting split brain not reported: %v", got)
+	}
+	if n := strings.Count(logged.String(), "more than one member"); n != 1 {
+		t.Errorf("logged %d times, want once:\n%s", n, logged.String())
 	}
 }

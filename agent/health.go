@@ -104,7 +104,7 @@ func (a *Agent) MetricsSnapshot() metrics.Snapshot {
 			snap.MembersAlive++
 		}
 	}
-	snap.WritableMembers = len(a.writableMembers())
+	snap.WritableMembers = len(a.writable())
 	return snap
 }
 
@@ -130,18 +130,51 @@ func (a *Agent) writableMembers() []string {
 	return out
 }
 
-// watchWritable logs an error when more than one member reports itself
-// writable, once per distinct set (HA loop only).
-func (a *Agent) watchWritable() {
-	w := a.writableMembers()
+// writableGrace is how long more than one member must look writable
+// before it counts. During every failover the dead primary's last gossip
+// still says "primary" for a moment (until it goes stale) while the new
+// one promotes; that is not a split brain and must not page anyone.
+const writableGrace = 3 * time.Second
+
+// watchWritable updates the writable members that metrics and pgha check
+// report, and logs an error when more than one member has looked
+// writable for writableGrace (HA loop only).
+func (a *Agent) watchWritable(now time.Time) { a.settleWritable(now, a.writableMembers()) }
+
+func (a *Agent) settleWritable(now time.Time, w []string) {
 	key := strings.Join(w, ",")
-	if len(w) > 1 && key != a.lastWritable {
-		a.log.Error("more than one member reports PostgreSQL accepting writes", "members", key)
+	if len(w) <= 1 {
+		if len(a.lastWritable) > 1 {
+			a.log.Info("a single writable member again", "members", key)
+		}
+		a.multiSince = time.Time{}
+		a.setWritable(w)
+		return
 	}
-	if len(w) <= 1 && a.lastWritable != "" && strings.Contains(a.lastWritable, ",") {
-		a.log.Info("a single writable member again", "members", key)
+	if a.multiSince.IsZero() {
+		a.multiSince = now
 	}
-	a.lastWritable = key
+	if now.Sub(a.multiSince) < writableGrace {
+		return // keep reporting the previous set until it lasts
+	}
+	if strings.Join(a.lastWritable, ",") != key {
+		a.log.Error("more than one member reports PostgreSQL accepting writes", "members", key,
+			"for", now.Sub(a.multiSince).Round(time.Millisecond))
+	}
+	a.setWritable(w)
+}
+
+func (a *Agent) setWritable(w []string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.lastWritable = w
+}
+
+// writable is the set watchWritable last settled on.
+func (a *Agent) writable() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lastWritable
 }
 
 // Reinitialize throws this replica's data directory away (moved aside,

@@ -39,7 +39,7 @@ func (a *Agent) haLoop(ctx context.Context) {
 			start := time.Now()
 			busy := a.round(ctx)
 			a.metrics.LoopDuration.Observe(time.Since(start).Seconds())
-			a.watchWritable()
+			a.watchWritable(time.Now())
 			if busy {
 				// Something is on its way (a replica connecting to its
 				// primary): look again shortly rather than in a second.
