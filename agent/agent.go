@@ -176,6 +176,7 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 		AllowedNetworks:    cfg.PostgreSQL.AllowedNetworks,
 		MaxSlotWalKeepSize: cfg.PostgreSQL.MaxSlotWalKeepSize,
 		StartTimeout:       cfg.PostgreSQL.StartTimeout.Duration,
+		TLS:                pgnode.TLSFiles(cfg.TLS),
 		Logger:             logger.With("component", "postgres"),
 	}
 	var pg *pgnode.Node
@@ -198,6 +199,8 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 		SnapshotThreshold:  uint64(cfg.Raft.SnapshotThreshold),
 		LogOutput:          logOut,
 		LogLevel:           raftLogLevel(cfg.LogLevel),
+		TLSServer:          raftServerTLS(a.tls),
+		TLSClient:          raftClientTLS(a.tls),
 	})
 	if err != nil {
 		a.closePG()
@@ -212,6 +215,7 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 		Advertise: cfg.Gossip.Advertise,
 		Logger:    logger.With("component", "gossip"),
 		LogOutput: gossipLogOutput(cfg.LogLevel, logOut),
+		Key:       cfg.GossipKey(),
 	}, a.baseMeta())
 	if err != nil {
 		rn.Close()
@@ -239,6 +243,23 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 	}
 	a.api = srv
 	return a, nil
+}
+
+// raftServerTLS and raftClientTLS put Raft on mutual TLS when the node
+// has certificates (nil: plain TCP). The client verifies peers against
+// the cluster CA, not by host name: see tlsconf.Bundle.PeerClient.
+func raftServerTLS(b *tlsconf.Bundle) *tls.Config {
+	if b == nil {
+		return nil
+	}
+	return b.Server()
+}
+
+func raftClientTLS(b *tlsconf.Bundle) *tls.Config {
+	if b == nil {
+		return nil
+	}
+	return b.PeerClient()
 }
 
 func raftLogLevel(level string) string {

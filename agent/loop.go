@@ -450,7 +450,12 @@ func (a *Agent) reconcileMembers() {
 			}
 			a.log.Info("adding member to raft as non-voter", "member", name, "raft", m.Meta.Raft)
 			if err := a.raft.AddNonvoter(name, m.Meta.Raft, applyTimeout); err != nil {
-				a.log.Warn("add non-voter", "member", name, "err", err)
+				// Retried every round: log a failure once per distinct reason
+				// (a node from another CA is refused each second).
+				if msg := err.Error(); a.refusedJoins[name] != msg {
+					a.log.Warn("add non-voter", "member", name, "err", err)
+					a.refusedJoins[name] = msg
+				}
 				continue
 			}
 			a.nonvoterSince(name, now)

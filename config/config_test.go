@@ -621,12 +621,12 @@ func TestSecretFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := writeFile(t, minimal+"gossip:\n  key: file:"+keyFile+"\napi:\n  auth: admin:s3cret\n")
-	cfg, err := config.Load(path, []string{"PGHA_API_TOKEN=file:" + filepath.Join(dir, "missing")}, nil)
+	_, err := config.Load(path, []string{"PGHA_API_TOKEN=file:" + filepath.Join(dir, "missing")}, nil)
 	ce := configErr(t, err)
 	if ce.Source != "PGHA_API_TOKEN" || !strings.Contains(err.Error(), "cannot read secret file") {
 		t.Errorf("got %q (source %q)", err, ce.Source)
 	}
-	cfg, err = config.Load(path, nil, nil)
+	cfg, err := config.Load(path, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -137,9 +137,19 @@ type Options struct {
 	BindAddr  string // host:port
 	Advertise string // host:port; default BindAddr
 	Logger    *slog.Logger
-	// LogOutput receives memberlist's own log lines.
+	// LogOutput receives memberlist's own log lines; nil drops them.
+	// Either way refusals for a wrong gossip key also go to Logger at
+	// warn level (at most once a minute).
 	LogOutput io.Writer
+	// Key is the gossip encryption key (AES-GCM, 16, 24 or 32 bytes); nil
+	// means no encryption. With a key every message must be encrypted
+	// with it, both ways: a node with another key or none is refused.
+	Key []byte
 }
+
+// ErrGossipKey marks a join that failed because the two sides do not use
+// the same gossip key (or one has none).
+var ErrGossipKey = errors.New("is gossip.key the same on every node?")
 
 // Gossip is the running memberlist plus pgha's delegates.
 type Gossip struct {
@@ -183,10 +193,23 @@ func New(o Options, initial Meta) (*Gossip, error) {
 	c.ProbeInterval = 500 * time.Millisecond
 	c.ProbeTimeout = 250 * time.Millisecond
 	c.PushPullInterval = 10 * time.Second
+	// Key refusals reach Logger whatever happens to the raw lines: on
+	// the accepting side they are the only sign of a node with the wrong
+	// key knocking.
+	keyLog := &keyErrorLog{logger: o.Logger}
 	if o.LogOutput != nil {
-		c.Logger = log.New(o.LogOutput, "", log.LstdFlags)
+		c.Logger = log.New(io.MultiWriter(o.LogOutput, keyLog), "", log.LstdFlags)
 	} else {
-		c.LogOutput = io.Discard
+		c.Logger = log.New(keyLog, "", 0)
+	}
+	if len(o.Key) > 0 {
+		// memberlist checks the length (16, 24 or 32) when it builds the
+		// keyring from SecretKey.
+		c.SecretKey = append([]byte(nil), o.Key...)
+		// Both default to true; spelled out because they are what makes
+		// a node without the key unable to join or inject anything.
+		c.GossipVerifyIncoming = true
+		c.GossipVerifyOutgoing = true
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -209,18 +232,101 @@ func New(o Options, initial Meta) (*Gossip, error) {
 }
 
 // Join contacts the given gossip addresses and returns how many answered.
+// When none did, the error has one line per address; a failure that
+// comes from a gossip key mismatch wraps ErrGossipKey and says so.
 func (g *Gossip) Join(addrs []string) (int, error) {
 	if len(addrs) == 0 {
 		return 0, nil
 	}
-	n, err := g.ml.Join(addrs)
+	var errs []error
+	n := 0
+	// One address at a time: memberlist's combined error names each
+	// address in a multi-line list, and the key hint belongs to each.
+	for _, a := range addrs {
+		k, err := g.ml.Join([]string{a})
+		if k > 0 {
+			n += k
+			continue
+		}
+		if err == nil {
+			err = errors.New("no answer")
+		}
+		errs = append(errs, joinError(a, err))
+	}
 	if n > 0 {
 		return n, nil
 	}
-	if err == nil {
-		err = errors.New("no member answered")
+	return 0, errors.Join(errs...)
+}
+
+// joinError describes why joining via addr failed. memberlist returns a
+// multierror whose entries read "failed to join ADDR: reason"; the reason
+// alone is kept.
+func joinError(addr string, err error) error {
+	msgs := []string{err.Error()}
+	if me, ok := err.(interface{ WrappedErrors() []error }); ok && len(me.WrappedErrors()) > 0 {
+		msgs = msgs[:0]
+		for _, e := range me.WrappedErrors() {
+			m := e.Error()
+			if rest, ok := cutPrefixFold(m, "failed to join "); ok {
+				if _, reason, ok := strings.Cut(rest, ": "); ok {
+					m = reason
+				}
+			}
+			msgs = append(msgs, m)
+		}
 	}
-	return 0, fmt.Errorf("gossip join %v: %w", addrs, err)
+	msg := strings.Join(msgs, "; ")
+	if isKeyError(msg) {
+		return fmt.Errorf("gossip join via %s failed: %s (%w)", addr, msg, ErrGossipKey)
+	}
+	return fmt.Errorf("gossip join via %s failed: %s", addr, msg)
+}
+
+// cutPrefixFold is strings.CutPrefix ignoring case (memberlist has
+// spelled "Failed to join" both ways).
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
+		return s[len(prefix):], true
+	}
+	return s, false
+}
+
+// isKeyError recognises memberlist's messages for a message it could not
+// decrypt, or an encrypted one it did not expect, or the reverse.
+func isKeyError(msg string) bool {
+	return strings.Contains(msg, "decrypt") || strings.Contains(msg, "encrypt")
+}
+
+// keyErrorLog receives memberlist's log lines and turns the ones about a
+// gossip key mismatch into one warning a minute (memberlist writes one
+// per packet).
+type keyErrorLog struct {
+	logger     *slog.Logger
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (w *keyErrorLog) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	if !strings.Contains(line, "[ERR]") || !isKeyError(line) {
+		return len(p), nil
+	}
+	w.mu.Lock()
+	now := time.Now()
+	if !w.last.IsZero() && now.Sub(w.last) < time.Minute {
+		w.suppressed++
+		w.mu.Unlock()
+		return len(p), nil
+	}
+	suppressed := w.suppressed
+	w.last, w.suppressed = now, 0
+	w.mu.Unlock()
+	_, detail, _ := strings.Cut(line, "memberlist: ")
+	w.logger.Warn("gossip: refused a message from a node with another gossip key or none ("+ErrGossipKey.Error()+")",
+		"detail", detail, "refused_since_last_log", suppressed)
+	return len(p), nil
 }
 
 // RetryJoin keeps trying to join addrs in the background until another
@@ -244,14 +350,23 @@ func (g *Gossip) RetryJoin(addrs []string) {
 	go func() {
 		defer g.wg.Done()
 		backoff := 200 * time.Millisecond
+		var keyWarned time.Time
 		for {
 			if g.ml.NumMembers() < 2 {
 				n, err := g.Join(others)
 				if n > 0 {
 					g.logger.Info("gossip joined", "contacted", n, "members", g.ml.NumMembers())
 					backoff = 200 * time.Millisecond
+					keyWarned = time.Time{}
 				} else {
-					g.logger.Debug("gossip join retry", "err", err)
+					if errors.Is(err, ErrGossipKey) && time.Since(keyWarned) > time.Minute {
+						// Not a peer that is still starting: this will
+						// not fix itself, so say it, but not every time.
+						g.logger.Warn("gossip join failed", "err", err)
+						keyWarned = time.Now()
+					} else {
+						g.logger.Debug("gossip join retry", "err", err)
+					}
 					if backoff < 2*time.Second {
 						backoff *= 2
 					}

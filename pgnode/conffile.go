@@ -108,7 +108,7 @@ func (n *Node) writeConfig(role Role, up *Upstream) (changed, restartNeeded bool
 	if err := n.ensureRunDir(); err != nil {
 		return false, false, fmt.Errorf("write config: %w", err)
 	}
-	if err := n.writePassFile(); err != nil {
+	if err := n.writeClientFiles(); err != nil {
 		return false, false, fmt.Errorf("write config: %w", err)
 	}
 
@@ -237,6 +237,7 @@ func (n *Node) parameters(role Role, up *Upstream) map[string]string {
 		// commit on.
 		p["synchronous_standby_names"] = *syncNames
 	}
+	n.setTLSParams(p)
 	if role == RoleReplica && up != nil {
 		p["primary_conninfo"] = n.primaryConninfo(*up)
 		if up.Slot != "" {
@@ -247,7 +248,7 @@ func (n *Node) parameters(role Role, up *Upstream) map[string]string {
 }
 
 func (n *Node) primaryConninfo(up Upstream) string {
-	return conninfo(map[string]string{
+	return conninfo(n.sslConninfo(map[string]string{
 		"host":                up.Host,
 		"port":                strconv.Itoa(up.Port),
 		"user":                n.cfg.ReplUser,
@@ -258,7 +259,7 @@ func (n *Node) primaryConninfo(up Upstream) string {
 		"keepalives_idle":     "5",
 		"keepalives_interval": "2",
 		"keepalives_count":    "3",
-	})
+	}))
 }
 
 // conninfoOrder keeps conninfo strings readable and stable (stable text
@@ -373,25 +374,41 @@ func unquoteConf(v string) (string, bool) {
 }
 
 // renderHBA writes the managed pg_hba.conf. No Unix sockets are used, so
-// every managed line is TCP with SCRAM. "samehost" (any address of this
-// machine) lets the agent's management connection and a replica on the
-// same host (the loopback demo) in without opening anything wider. The
-// per-network "all all" line admits the superuser too: pg_rewind on
-// another member logs in as it (a plain connection, not replication) to
-// read this server's files, so it must not be narrowed to non-superusers.
+// every managed line is TCP with SCRAM; there is no trust line. "samehost"
+// (any address of this machine) lets the agent's management connection
+// and a replica on the same host (the loopback demo) in without opening
+// anything wider. The per-network "all all" line admits the superuser
+// too: pg_rewind on another member logs in as it (a plain connection, not
+// replication) to read this server's files, so it must not be narrowed to
+// non-superusers. With TLS the network lines are hostssl, so passwords
+// and WAL never cross the network in clear; the samehost lines stay host,
+// since that traffic does not leave the machine (pgha's own connections
+// use TLS there too).
 func (n *Node) renderHBA() []byte {
 	var b bytes.Buffer
 	b.WriteString(managedHeader)
 	b.WriteString("# Add lines through pgha's configuration (postgresql.pg_hba) instead.\n")
 	line := func(typ, db, usr, addr, method string) {
-		fmt.Fprintf(&b, "%-6s %-12s %-14s %-20s %s\n", typ, db, usr, addr, method)
+		fmt.Fprintf(&b, "%-7s %-12s %-14s %-20s %s\n", typ, db, usr, addr, method)
 	}
 	su, ru := `"`+n.cfg.Superuser+`"`, `"`+n.cfg.ReplUser+`"`
+	b.WriteString("# this machine: the agent's management connection (superuser), a replica on the same host\n")
 	line("host", "all", su, "samehost", "scram-sha-256")
 	line("host", "replication", ru, "samehost", "scram-sha-256")
+	network := "host"
+	if n.cfg.TLS.Enabled() {
+		network = "hostssl"
+	}
+	if len(n.cfg.AllowedNetworks) > 0 {
+		if network == "hostssl" {
+			b.WriteString("# postgresql.allowed_networks, TLS required: replicas streaming, pg_rewind and clients\n")
+		} else {
+			b.WriteString("# postgresql.allowed_networks: replicas streaming, pg_rewind and clients\n")
+		}
+	}
 	for _, cidr := range n.cfg.AllowedNetworks {
-		line("host", "replication", ru, cidr, "scram-sha-256")
-		line("host", "all", "all", cidr, "scram-sha-256")
+		line(network, "replication", ru, cidr, "scram-sha-256")
+		line(network, "all", "all", cidr, "scram-sha-256")
 	}
 	if len(n.cfg.HBA) > 0 {
 		b.WriteString("# user lines\n")

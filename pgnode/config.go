@@ -56,6 +56,12 @@ type Config struct {
 	// StartTimeout bounds how long Start waits for connections to be
 	// accepted (crash recovery included). Default 60 s.
 	StartTimeout time.Duration
+	// TLS, when set, turns on SSL in PostgreSQL, requires it on the
+	// network lines of pg_hba.conf and makes every connection this
+	// member opens (replication, pg_basebackup, pg_rewind, management)
+	// verify the server against the CA and present the member's
+	// certificate. The files are copied into RunDir (see tls.go).
+	TLS TLSFiles
 	// StopTimeout is how long Stop waits before escalating to a harder
 	// shutdown mode when the context has no earlier deadline. Default 30 s.
 	StopTimeout time.Duration
@@ -235,6 +241,16 @@ func (c Config) Validate() error {
 	}
 	if hasControl(c.MaxSlotWalKeepSize) {
 		bad("max slot wal keep size: invalid characters")
+	}
+	if t := c.TLS; t.Enabled() {
+		if t.CAFile == "" || t.CertFile == "" || t.KeyFile == "" {
+			bad("tls: the CA, certificate and key files go together")
+		}
+		for _, k := range tlsParams {
+			if _, ok := c.Parameters[k]; ok {
+				bad("parameter %q is managed by pgha when tls is configured", k)
+			}
+		}
 	}
 	if c.StartTimeout < 0 || c.StopTimeout < 0 {
 		bad("start and stop timeouts must not be negative")

@@ -369,20 +369,20 @@ func (n *Node) Clone(ctx context.Context, src Upstream, progress func(pct int, d
 			cleanup()
 		}
 	}()
-	if err := n.writePassFile(); err != nil {
+	if err := n.writeClientFiles(); err != nil {
 		return fmt.Errorf("clone: %w", err)
 	}
 
 	args := []string{
 		"-D", n.cfg.DataDir,
-		"-d", conninfo(map[string]string{
+		"-d", conninfo(n.sslConninfo(map[string]string{
 			"host":             src.Host,
 			"port":             strconv.Itoa(src.Port),
 			"user":             n.cfg.ReplUser,
 			"passfile":         n.PassFile(),
 			"application_name": n.cfg.Name + "_clone",
 			"connect_timeout":  "10",
-		}),
+		})),
 		"-X", "stream",
 		"-c", "fast",
 		"-P", "-v",

@@ -185,7 +185,7 @@ func (n *Node) Rewind(ctx context.Context, src Upstream) (err error) {
 	if err := n.ensureRunDir(); err != nil {
 		return fmt.Errorf("rewind: %w", err)
 	}
-	if err := n.writePassFile(); err != nil {
+	if err := n.writeClientFiles(); err != nil {
 		return fmt.Errorf("rewind: %w", err)
 	}
 	if err := n.checkpointSource(ctx, src); err != nil {
@@ -236,7 +236,7 @@ func (n *Node) Rewind(ctx context.Context, src Upstream) (err error) {
 func (n *Node) pgRewind(ctx context.Context, src Upstream) (noop bool, err error) {
 	cmd := n.command(ctx, "pg_rewind",
 		"--target-pgdata="+n.cfg.DataDir,
-		"--source-server="+conninfo(map[string]string{
+		"--source-server="+conninfo(n.sslConninfo(map[string]string{
 			"host":             src.Host,
 			"port":             strconv.Itoa(src.Port),
 			"user":             n.cfg.Superuser,
@@ -244,7 +244,7 @@ func (n *Node) pgRewind(ctx context.Context, src Upstream) (noop bool, err error
 			"dbname":           "postgres",
 			"application_name": n.cfg.Name + "_rewind",
 			"connect_timeout":  "5",
-		}),
+		})),
 		"--progress",
 	)
 	// pg_rewind may start a single-user postgres for crash recovery. Its

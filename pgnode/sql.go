@@ -60,7 +60,7 @@ func (n *Node) Connect(ctx context.Context) (*pgx.Conn, error) {
 func (n *Node) connectTo(ctx context.Context, host string, port int) (*pgx.Conn, error) {
 	// Everything is spelled out so that no PG* environment variable or
 	// ~/.pgpass of the agent's user changes what we connect to.
-	cs := conninfo(map[string]string{
+	cs := conninfo(n.sslManagement(map[string]string{
 		"host":             host,
 		"port":             strconv.Itoa(port),
 		"user":             n.cfg.Superuser,
@@ -68,8 +68,7 @@ func (n *Node) connectTo(ctx context.Context, host string, port int) (*pgx.Conn,
 		"dbname":           "postgres",
 		"application_name": "pgha",
 		"connect_timeout":  "5",
-		"sslmode":          "prefer",
-	})
+	}))
 	cfg, err := pgx.ParseConfig(cs)
 	if err != nil {
 		return nil, fmt.Errorf("connect: parse config: %w", err)

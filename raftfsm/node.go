@@ -1,6 +1,7 @@
 package raftfsm
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,10 @@ type Options struct {
 	SnapshotThreshold  uint64
 	LogOutput          io.Writer // raft's own log; default stderr
 	LogLevel           string    // hclog level name; default "warn"
+	// TLSServer and TLSClient, both set, put the transport on mutual TLS
+	// (tlsconf's Server and PeerClient); both nil means plain TCP.
+	TLSServer *tls.Config
+	TLSClient *tls.Config
 }
 
 // Node is the local Raft server with pgha's FSM.
@@ -37,6 +42,7 @@ type Node struct {
 	raft     *raft.Raft
 	fsm      *FSM
 	trans    *raft.NetworkTransport
+	tls      *TLSStreamLayer // nil on plain TCP
 	store    *raftboltdb.BoltStore
 	notify   chan bool
 	hadState bool
@@ -107,10 +113,10 @@ func Open(o Options) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("raft advertise address %q: %w", o.Advertise, err)
 	}
-	trans, err := raft.NewTCPTransportWithLogger(o.BindAddr, adv, 3, 5*time.Second, logger)
+	trans, stream, err := newTransport(o, adv, logger)
 	if err != nil {
 		store.Close()
-		return nil, fmt.Errorf("raft listen on %s: %w", o.BindAddr, err)
+		return nil, err
 	}
 	fsm := NewFSM()
 	r, err := raft.NewRaft(conf, fsm, store, store, snaps, trans)
@@ -119,8 +125,31 @@ func Open(o Options) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	return &Node{id: o.ID, raft: r, fsm: fsm, trans: trans, store: store, notify: notify, hadState: hadState,
+	return &Node{id: o.ID, raft: r, fsm: fsm, trans: trans, tls: stream, store: store, notify: notify, hadState: hadState,
 		heartbeat: conf.HeartbeatTimeout, election: conf.ElectionTimeout, lease: conf.LeaderLeaseTimeout}, nil
+}
+
+// newTransport listens on o.BindAddr, over mutual TLS when configured.
+func newTransport(o Options, adv *net.TCPAddr, logger hclog.Logger) (*raft.NetworkTransport, *TLSStreamLayer, error) {
+	const maxPool, timeout = 3, 5 * time.Second
+	if (o.TLSServer == nil) != (o.TLSClient == nil) {
+		return nil, nil, errors.New("raft: TLS needs both a server and a client configuration")
+	}
+	if o.TLSServer == nil {
+		trans, err := raft.NewTCPTransportWithLogger(o.BindAddr, adv, maxPool, timeout, logger)
+		if err != nil {
+			return nil, nil, fmt.Errorf("raft listen on %s: %w", o.BindAddr, err)
+		}
+		return trans, nil, nil
+	}
+	stream, err := NewTLSStreamLayer(o.BindAddr, adv, o.TLSServer, o.TLSClient, logger)
+	if err != nil {
+		return nil, nil, fmt.Errorf("raft listen on %s: %w", o.BindAddr, err)
+	}
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: stream, MaxPool: maxPool, Timeout: timeout, Logger: logger,
+	})
+	return trans, stream, nil
 }
 
 // SetFormationTimeouts shortens (fast) or restores Raft's heartbeat and
@@ -262,15 +291,37 @@ func (n *Node) Servers() ([]raft.Server, error) {
 
 // AddNonvoter adds a server that replicates the log without voting; it is
 // how a new node starts, so that an empty node never counts in a quorum.
-// Adding the same ID with the same address is a no-op.
+// Adding the same ID with the same address is a no-op. Over TLS the
+// server must first complete a handshake both ways: a node whose
+// certificate is not of the cluster CA would otherwise sit in the
+// configuration, unreachable, and count toward the voters once promoted.
 func (n *Node) AddNonvoter(id, addr string, timeout time.Duration) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
+	}
+	if n.tls != nil && !n.hasServer(id, addr) {
+		if err := n.tls.Probe(addr, timeout); err != nil {
+			return fmt.Errorf("add nonvoter %s: %w", id, err)
+		}
 	}
 	if err := n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeout).Error(); err != nil {
 		return fmt.Errorf("add nonvoter %s: %w", id, err)
 	}
 	return nil
+}
+
+// hasServer reports whether the configuration already has id at addr.
+func (n *Node) hasServer(id, addr string) bool {
+	servers, err := n.Servers()
+	if err != nil {
+		return false
+	}
+	for _, s := range servers {
+		if string(s.ID) == id && string(s.Address) == addr {
+			return true
+		}
+	}
+	return false
 }
 
 // AddVoter makes a server a voter (promoting a non-voter).

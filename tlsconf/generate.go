@@ -197,7 +197,12 @@ func newCA(now time.Time) (*x509.Certificate, crypto.Signer, error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: "pgha cluster CA", Organization: []string{"pgha"}},
+		// A name of its own per CA: verifiers look issuers up by name, so
+		// two CAs named alike make "signed by unknown authority" carry a
+		// confusing "ECDSA verification failure" with the wrong CA, and
+		// an operator comparing files could not tell them apart.
+		Subject: pkix.Name{CommonName: fmt.Sprintf("pgha cluster CA %s %.8s", now.UTC().Format("2006-01-02"), fmt.Sprintf("%032x", sn)),
+			Organization: []string{"pgha"}},
 		// A little back-dating absorbs clock skew between the machine
 		// that generates and the nodes.
 		NotBefore:             now.Add(-time.Hour),
