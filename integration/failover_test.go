@@ -90,6 +90,20 @@ func startAckWriter(ctx context.Context, nd *Node, from int, pause time.Duration
 }
 
 // Stop ends the writer and returns the acknowledged ids.
+// WaitAcked waits (bounded) until at least n commits are acknowledged, so
+// a test does not depend on how fast a loaded machine commits.
+func (w *ackWriter) WaitAcked(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, timeout, fmt.Sprintf("%d acknowledged commits", n), func() error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if len(w.acked) < n {
+			return fmt.Errorf("%d so far", len(w.acked))
+		}
+		return nil
+	})
+}
+
 func (w *ackWriter) Stop() []int {
 	close(w.stop)
 	w.wg.Wait()

@@ -129,7 +129,7 @@ func TestSynchronousModeAndDynamicConfig(t *testing.T) {
 			}
 		}
 		w := startAckWriter(ctx, old, 1, 0)
-		time.Sleep(time.Second)
+		w.WaitAcked(t, 20, 30*time.Second)
 		pm := postmasterPID(old)
 		c.Kill(old)
 		_ = syscall.Kill(pm, syscall.SIGKILL)
