@@ -105,7 +105,10 @@ type Agent struct {
 	apiTransport http.RoundTripper // shared by calls to other members' APIs
 	lastWritable []string          // writable members as last settled (see watchWritable); guarded by mu
 	multiSince   time.Time         // since when more than one member looks writable (HA loop only)
-	refusedJoins map[string]string // joins refused and logged, by member (HA loop only)
+	// oldTimelineSince: since when this replica runs on an older timeline
+	// without streaming (HA loop only; see LocalPG.OldTimelineFor).
+	oldTimelineSince time.Time
+	refusedJoins     map[string]string // joins refused and logged, by member (HA loop only)
 
 	formation atomic.Bool // raft runs on fast timers until a leader exists
 	leaving   atomic.Bool

@@ -38,7 +38,19 @@ type LocalPG struct {
 	WasPrimary bool
 	// CtlTimeline is the timeline of the last checkpoint (stopped only).
 	CtlTimeline uint32
+	// OldTimelineFor is how long this replica has run on a timeline older
+	// than the cluster's without streaming: a replica that received WAL
+	// past the point where the new primary's timeline forked cannot follow
+	// it, and says so in its log forever unless it is rewound.
+	OldTimelineFor time.Duration
 }
+
+// divergedAfter is how long a replica may stay on an older timeline
+// without streaming before it counts as diverged. Following a new
+// timeline normally takes a second or two (the walreceiver fetches the
+// history file and switches); a false positive costs a pg_rewind that
+// finds nothing to do.
+const divergedAfter = 10 * time.Second
 
 // OldPrimary is what the leader learnt by asking the recorded primary's
 // agent directly (its REST API) this round.
@@ -275,6 +287,9 @@ func decideReplica(in Input) []Action {
 			return append(acts, Action{Kind: ActWait, Reason: fmt.Sprintf("former primary: waiting for primary %s to run before rewinding", p.Member)})
 		}
 		return append(acts, Action{Kind: ActRewind, Target: p.Member, Upstream: pm.PGAddr})
+	case in.PG.Running && in.PG.InRecovery && in.PG.OldTimelineFor >= divergedAfter && primaryRuns:
+		return append(acts, Action{Kind: ActRewind, Target: p.Member, Upstream: pm.PGAddr,
+			Reason: fmt.Sprintf("replica stuck on timeline %d for %s while the primary is on %d: diverged", in.PG.Timeline, in.PG.OldTimelineFor.Round(time.Second), p.Timeline)})
 	}
 	return append(acts, Action{Kind: ActRunReplica, Target: p.Member, Upstream: pm.PGAddr})
 }

@@ -20,7 +20,7 @@ import (
 //     moment it was asked for, not when the answer arrived, so a slow or
 //     resumed process never stretches it. When no confirmation succeeded
 //     for fenceBudget, or Raft says it lost leadership, it fences: SIGQUIT
-//     to PostgreSQL's whole process group, SIGKILL after fenceGrace.
+//     to the postmaster and each backend, SIGKILL after fenceGrace.
 //   - A new leader is elected no sooner than heartbeat_timeout after a
 //     quorum last heard the old one (followers refuse votes while they
 //     know a leader), so the old primary's last successful confirmation V
@@ -276,7 +276,19 @@ func (a *Agent) rewind(ctx context.Context, act Action, in Input) error {
 	}
 	up := pgnode.Upstream{Host: host, Port: port, Slot: pgnode.SlotName(a.cfg.Name)}
 	a.setStatus(func(s *NodeStatus) { s.State = "rewinding" })
-	a.log.Info("former primary: rewinding before following", "primary", act.Target)
+	if a.pg.Running() {
+		// A running replica that diverged (it received WAL the new
+		// primary never had): pg_rewind needs it stopped.
+		a.log.Warn("replica diverged from the primary's timeline: stopping it to rewind", "reason", act.Reason)
+		sctx, cancel := context.WithTimeout(ctx, a.cfg.PostgreSQL.StartTimeout.Duration)
+		err := a.pg.Stop(sctx, pgnode.StopFast)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("stop the diverged replica: %w", err)
+		}
+		a.oldTimelineSince = time.Time{}
+	}
+	a.log.Info("rewinding before following", "primary", act.Target)
 	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	err = a.pg.Rewind(rctx, up)

@@ -113,7 +113,7 @@ func (a *Agent) round(ctx context.Context) bool {
 		PromoteNotBefore: a.promoteNotBefore(),
 		State:            st,
 		Gossip:           a.gossipByName(),
-		PG:               local,
+		PG:               a.withTimelineAge(local, st, time.Now()),
 		Yield:            a.yield.Load(),
 	}
 	if leader && st.Primary != nil && st.Primary.Member != a.cfg.Name {
@@ -734,4 +734,21 @@ func (a *Agent) trackPrimaryStart(holder, runningPrimary bool, st raftfsm.State)
 		a.log.Error("PostgreSQL could not run as primary; yielding the primary role", "for", time.Since(a.failingSince).Round(time.Second))
 		a.yield.Store(true)
 	}
+}
+
+// withTimelineAge fills l.OldTimelineFor: how long this replica has been
+// running on a timeline older than the cluster's without streaming (HA
+// loop only).
+func (a *Agent) withTimelineAge(l LocalPG, st raftfsm.State, now time.Time) LocalPG {
+	behind := l.Running && l.InRecovery && !l.Streaming && st.Primary != nil &&
+		l.Timeline != 0 && l.Timeline < st.Primary.Timeline
+	if !behind {
+		a.oldTimelineSince = time.Time{}
+		return l
+	}
+	if a.oldTimelineSince.IsZero() {
+		a.oldTimelineSince = now
+	}
+	l.OldTimelineFor = now.Sub(a.oldTimelineSince)
+	return l
 }

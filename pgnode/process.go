@@ -427,10 +427,9 @@ func (n *Node) stopChild(ctx context.Context, pm *postmaster, mode StopMode) err
 		}
 		n.log.Warn("postgres did not stop in time; escalating", "pid", pm.pid, "signal", sig)
 	}
-	// Setpgid made the postmaster a group leader and its backends inherit
-	// the group, so this reaches every process it started.
-	n.log.Error("postgres ignored immediate shutdown; killing its process group", "pid", pm.pid)
-	if err := syscall.Kill(-pm.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+	// Backends are in process groups of their own (see signalTree).
+	n.log.Error("postgres ignored immediate shutdown; killing it and its children", "pid", pm.pid)
+	if err := signalTree(pm.pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("stop: kill: %w", err)
 	}
 	select {
@@ -514,9 +513,10 @@ func (n *Node) Close() error {
 }
 
 // Fence makes PostgreSQL stop taking writes as fast as the kernel allows:
-// SIGQUIT (immediate shutdown) to the whole process group, so backends
-// stop even when the postmaster itself is frozen or starved, then SIGKILL
-// to the group if anything is still alive after grace. It does not wait
+// SIGQUIT (immediate shutdown) to the postmaster and each of its
+// children, so backends stop even when the postmaster itself is frozen or
+// starved, then SIGKILL to all of them if the postmaster is still alive
+// after grace. It does not wait
 // for a Stop in progress (it is the emergency path) and is safe to call
 // concurrently with one.
 func (n *Node) Fence(grace time.Duration) error {
@@ -525,8 +525,8 @@ func (n *Node) Fence(grace time.Duration) error {
 		return nil
 	}
 	pm.stopping.Store(true)
-	n.log.Warn("fencing postgres: immediate shutdown of its process group", "pid", pm.pid)
-	if err := syscall.Kill(-pm.pid, syscall.SIGQUIT); err != nil && !errors.Is(err, syscall.ESRCH) {
+	n.log.Warn("fencing postgres: immediate shutdown of the postmaster and its backends", "pid", pm.pid)
+	if err := signalTree(pm.pid, syscall.SIGQUIT); err != nil {
 		return fmt.Errorf("fence: %w", err)
 	}
 	select {
@@ -534,8 +534,8 @@ func (n *Node) Fence(grace time.Duration) error {
 		return nil
 	case <-time.After(grace):
 	}
-	n.log.Error("postgres still running after SIGQUIT; killing its process group", "pid", pm.pid)
-	if err := syscall.Kill(-pm.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+	n.log.Error("postgres still running after SIGQUIT; killing it and its backends", "pid", pm.pid)
+	if err := signalTree(pm.pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("fence: kill: %w", err)
 	}
 	select {

@@ -1,0 +1,75 @@
+package pgnode
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strconv"
+	"syscall"
+)
+
+// PostgreSQL's children (backends, walsenders, background workers) call
+// setsid() when the postmaster forks them, so each is the leader of its
+// own process group: a signal to the postmaster's group reaches the
+// postmaster alone. The emergency paths (fence, a stop that escalates to
+// SIGKILL) therefore signal every child by PID as well, so a backend
+// cannot keep committing for a client once its postmaster is gone.
+
+// childPIDs returns the PIDs whose parent is ppid (Linux /proc; nil
+// elsewhere or when /proc cannot be read).
+func childPIDs(ppid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if parentOf(pid) == ppid {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// parentOf reads the parent PID from /proc/PID/stat: "pid (comm) state
+// ppid ...", where comm may contain spaces and parentheses, so the
+// fields are counted from the last ')'.
+func parentOf(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return -1
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return -1
+	}
+	f := bytes.Fields(b[i+1:])
+	if len(f) < 2 {
+		return -1
+	}
+	ppid, err := strconv.Atoi(string(f[1]))
+	if err != nil {
+		return -1
+	}
+	return ppid
+}
+
+// signalTree sends sig to the postmaster's process group and to each of
+// its children (listed before the postmaster is signalled, so children
+// of a postmaster that dies at once are not missed). A process already
+// gone is not an error.
+func signalTree(pid int, sig syscall.Signal) error {
+	children := childPIDs(pid)
+	err := syscall.Kill(-pid, sig)
+	if errors.Is(err, syscall.ESRCH) {
+		err = nil
+	}
+	for _, c := range children {
+		_ = syscall.Kill(c, sig)
+	}
+	return err
+}
