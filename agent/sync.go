@@ -122,7 +122,13 @@ func (a *Agent) manageSync(ctx context.Context, in Input) error {
 	healthy := map[string]pgnode.ReplicaInfo{}
 	for _, r := range replicas {
 		m, member := st.Members[r.ApplicationName]
-		if member && !m.Witness && r.State == "streaming" && r.ApplicationName != a.cfg.Name {
+		// pg_stat_replication keeps saying "streaming" for a standby cut
+		// off by a partition that drops packets until wal_sender_timeout
+		// (a minute by default), while every commit waits for it. Its
+		// gossip goes stale within staleAfter: that is the quicker
+		// verdict, and dropping a standby from the set is always safe.
+		g, seen := in.Gossip[r.ApplicationName]
+		if member && !m.Witness && r.State == "streaming" && r.ApplicationName != a.cfg.Name && seen && g.Alive {
 			healthy[r.ApplicationName] = r
 		}
 	}
