@@ -10,7 +10,7 @@ STATICCHECK_VERSION := v0.8.2
 # Packages whose tests are pure logic or in-process concurrency: run with -race.
 UNIT_PKGS := ./raftfsm/... ./membership/... ./agent/... ./api/... ./config/... ./proxy/... ./cmd/...
 
-.PHONY: all build test unit integration demo bench bench-failover bench-bootstrap bench-proxy lint fuzz deps clean
+.PHONY: all build test unit integration demo bench bench-failover bench-bootstrap bench-proxy bench-clone bench-idle bench-report bench-patroni lint fuzz deps clean
 
 all: build
 
@@ -26,6 +26,7 @@ test: deps build
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 	$(GO) test -race -count=1 -timeout 10m ./pgnode/...
 	PGHA_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./integration/... 2>&1 | scripts/test-summary.sh
+	PGHA_BIN=$(CURDIR)/$(BIN) CHAOS_DURATION=2m $(GO) test -tags chaos -count=1 -timeout 15m -v -run '^TestChaos' ./integration/ 2>&1 | scripts/test-summary.sh
 
 unit:
 	$(GO) test -race -count=1 $(UNIT_PKGS)
@@ -33,21 +34,53 @@ unit:
 integration: build
 	PGHA_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./integration/...
 
+# Random faults under a client workload, then checks for split brain, lost
+# acknowledged commits, recovery time and convergence (integration/chaos_test.go).
+# CHAOS_DURATION (default 10m), CHAOS_SEED (replays a run), CHAOS_SYNC=0
+# (asynchronous), CHAOS_NETNS=0 (loopback only). Writes
+# bench/results/<date>-<host>-chaos.json.
+.PHONY: chaos
+chaos: deps build
+	PGHA_BIN=$(CURDIR)/$(BIN) CHAOS_REPORT=$${CHAOS_REPORT:-1} $(GO) test -tags chaos -count=1 -timeout 60m -v -run '^TestChaos' ./integration/ 2>&1 | scripts/test-summary.sh
+
 demo: deps build
 	./$(BIN) demo
 
-bench: bench-bootstrap bench-failover bench-proxy
+# bench runs every pgha benchmark, then writes bench/RESULTS.md, the plots
+# in bench/plots/ and bench/results/<date>-<host>.json. Patroni's side
+# (root, installs Debian packages): make bench-patroni, then make bench-report.
+bench: bench-bootstrap bench-failover bench-clone bench-idle bench-proxy
+	$(MAKE) bench-report
+
+bench-report:
+	$(GO) run ./bench/report
 
 # ROUNDS=N DURATION=S (default 3 rounds of 15 s per target and workload).
 bench-proxy: deps build
 	scripts/bench-proxy.sh
 
 bench-bootstrap: deps build
-	scripts/bench-bootstrap.sh
+	PGHA_BIN=$(CURDIR)/$(BIN) scripts/bench-bootstrap.sh
 
-# RUNS=N sets the number of runs per scenario (default 5).
+# RUNS=N sets the number of runs per scenario (default 10).
 bench-failover: deps build
-	PGHA_BIN=$(CURDIR)/$(BIN) $(GO) test -tags bench -count=1 -timeout 60m -v -run TestBenchFailover ./integration/
+	RUNS=$${RUNS:-10} PGHA_BIN=$(CURDIR)/$(BIN) $(GO) test -tags bench -count=1 -timeout 90m -v -run '^TestBenchFailover$$' ./integration/
+
+# CLONE_SCALE=N: pgbench scale of the primary's data (default 70, ~1 GiB).
+bench-clone: deps build
+	PGHA_BIN=$(CURDIR)/$(BIN) $(GO) test -tags bench -count=1 -timeout 30m -v -run '^TestBenchClone$$' ./integration/
+
+# IDLE_SECONDS=N: the measuring window (default 60).
+bench-idle: deps build
+	PGHA_BIN=$(CURDIR)/$(BIN) $(GO) test -tags bench -count=1 -timeout 15m -v -run '^TestBenchIdle$$' ./integration/
+
+# Patroni + built-in Raft + HAProxy, the same measurements (RUNS, SW_RUNS,
+# BOOT_RUNS, IDLE_SECONDS, SETTINGS="default tuned").
+# A failed run (e.g. Patroni not installable) is recorded, and the report
+# says so.
+bench-patroni: deps
+	scripts/bench-patroni.sh || { $(MAKE) bench-report; exit 1; }
+	$(MAKE) bench-report
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)

@@ -4,207 +4,154 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
-	"sort"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
-// The failover benchmarks: run with `make bench-failover`. They measure,
-// with default settings, on a 3-node cluster on loopback:
+// The failover benchmarks: run with `make bench-failover` (RUNS=N runs
+// per scenario, default 10). They measure, with default settings, on a
+// 3-node cluster on loopback:
 //   (a) whole-node loss of the primary (SIGKILL of its agent and
-//       postmaster) -> first successful write on the new primary;
-//   (b) planned switchover -> write gap seen by a client;
+//       postmaster) -> first successful write on the new primary, and the
+//       killed node's time back to streaming after its restart;
+//   (b) planned switchover -> longest gap between successful writes;
 //   (c) PostgreSQL-only crash of the primary -> first successful write.
-// A client probe opens a new connection every 50 ms with a libpq
-// multi-host URL and target_session_attrs=read-write (so it finds the
-// primary by itself) and inserts one row.
+// Two probes write at the same time, each opening a new connection per
+// attempt and inserting one row (1 s limit), pausing 50 ms between
+// attempts (20 ms around a switchover):
+//   proxy:  through the pgha write ports of all nodes (libpq multi-host),
+//           as applications behind HAProxy would (the Patroni comparison);
+//   direct: to PostgreSQL with a libpq multi-host URL and
+//           target_session_attrs=read-write.
+// Every attempt is recorded; the result file keeps per-run timelines of
+// successful and failed writes per 100 ms for the plots.
 
-type probe struct {
-	dsn string
-}
-
-func (c *Cluster) multiHostDSN() string {
-	var hosts []string
-	for _, nd := range c.Nodes {
-		hosts = append(hosts, fmt.Sprintf("127.0.0.1:%d", nd.PG))
-	}
-	return fmt.Sprintf("postgres://postgres:%s@%s/postgres?target_session_attrs=read-write&connect_timeout=1&sslmode=disable", superPass, strings.Join(hosts, ","))
-}
-
-func (p probe) write(id int) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, p.dsn)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, "INSERT INTO probe (id) VALUES ($1)", id)
-	return err
-}
-
-// untilWrite probes every 50 ms from start until a write succeeds and
-// returns the elapsed time and the failed attempts.
-func (p probe) untilWrite(t *testing.T, start time.Time, id *int, timeout time.Duration) (time.Duration, int) {
-	t.Helper()
-	failed := 0
-	for time.Since(start) < timeout {
-		*id++
-		if p.write(*id) == nil {
-			return time.Since(start), failed
-		}
-		failed++
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("no successful write within %s", timeout)
-	return 0, failed
-}
-
-type series struct {
-	Name    string    `json:"name"`
-	Seconds []float64 `json:"seconds"`
-	Failed  []int     `json:"failed_attempts"`
-	Min     float64   `json:"min"`
-	Median  float64   `json:"median"`
-	Max     float64   `json:"max"`
-}
-
-func (s *series) add(d time.Duration, failed int) {
-	s.Seconds = append(s.Seconds, d.Seconds())
-	s.Failed = append(s.Failed, failed)
-}
-
-func (s *series) finish() {
-	v := append([]float64(nil), s.Seconds...)
-	sort.Float64s(v)
-	if len(v) == 0 {
-		return
-	}
-	s.Min, s.Max = v[0], v[len(v)-1]
-	if len(v)%2 == 1 {
-		s.Median = v[len(v)/2]
-	} else {
-		s.Median = (v[len(v)/2-1] + v[len(v)/2]) / 2
-	}
-}
-
-func benchRuns() int {
-	if n, err := strconv.Atoi(os.Getenv("RUNS")); err == nil && n > 0 {
-		return n
-	}
-	return 5
-}
+const (
+	probePause      = 50 * time.Millisecond
+	switchoverPause = 20 * time.Millisecond
+	timelineBefore  = time.Second
+)
 
 func TestBenchFailover(t *testing.T) {
 	runs := benchRuns()
+	load0 := loadAvg()
 	c := newCluster(t, 3)
+	quietLogs(t, c)
 	c.StartAll()
 	c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
 	pc := connect(t, c.primaryNode(t))
-	if _, err := pc.Exec(context.Background(), "CREATE TABLE probe (id int PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
+	if _, err := pc.Exec(context.Background(), "CREATE TABLE probe (id bigint PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
 		t.Fatal(err)
 	}
-	p := probe{dsn: c.multiHostDSN()}
-	id := 0
-	kill := series{Name: "whole-node SIGKILL of the primary -> first write"}
-	sw := series{Name: "switchover -> write gap"}
-	crash := series{Name: "PostgreSQL-only crash of the primary -> first write"}
+	probes := []probe{{name: "proxy", dsn: c.proxyDSN()}, {name: "direct", dsn: c.multiHostDSN()}}
+	newSeries := func(kind, what string) map[string]*series {
+		m := map[string]*series{}
+		for _, p := range probes {
+			m[p.name] = &series{Name: what + " (" + p.name + " probe)", Kind: kind, Probe: p.name}
+		}
+		return m
+	}
+	kill := newSeries("kill", "whole-node SIGKILL of the primary -> first write, s")
+	sw := newSeries("switchover", "switchover -> longest write gap, s")
+	crash := newSeries("pg-crash", "PostgreSQL-only crash of the primary -> first write, s")
+	rejoin := &series{Name: "killed node restarted -> streaming again, s", Kind: "rejoin"}
+	timelines := map[string]map[string][]timeline{}
+	addTimeline := func(kind, probe string, tl timeline) {
+		if timelines[kind] == nil {
+			timelines[kind] = map[string][]timeline{}
+		}
+		timelines[kind][probe] = append(timelines[kind][probe], tl)
+	}
 
-	for i := 0; i < runs; i++ {
+	// fault runs the probes, applies the fault at t0, waits for both
+	// probes to write again (plus 1 s of steady state) and records.
+	fault := func(kind string, run int, into map[string]*series, do func()) {
+		ws := make([]*writer, len(probes))
+		for i, p := range probes {
+			ws[i] = startWriter(p, probePause)
+		}
+		time.Sleep(timelineBefore)
+		t0 := time.Now()
+		do()
+		done := time.Now()
+		waitFor(t, 90*time.Second, kind+": writes on the new primary", func() error {
+			for i, w := range ws {
+				if !w.okAfter(done) {
+					return fmt.Errorf("%s probe not writing yet", probes[i].name)
+				}
+			}
+			return nil
+		})
+		time.Sleep(time.Second)
+		for i, w := range ws {
+			as := w.finish()
+			d, failed, _ := recovery(as, t0, done)
+			into[probes[i].name].add(d, failed)
+			addTimeline(kind, probes[i].name, makeTimeline(run, as, t0, -timelineBefore))
+			t.Logf("%s %d (%s probe): %.2fs, %d failed attempts", kind, run, probes[i].name, d.Seconds(), failed)
+		}
+	}
+
+	for i := 1; i <= runs; i++ {
 		old := c.primaryNode(t)
 		pm := postmasterPID(old)
+		fault("kill", i, kill, func() {
+			c.Kill(old)
+			_ = syscall.Kill(pm, syscall.SIGKILL)
+		})
 		start := time.Now()
-		c.Kill(old)
-		_ = syscall.Kill(pm, syscall.SIGKILL)
-		d, failed := p.untilWrite(t, start, &id, time.Minute)
-		kill.add(d, failed)
-		t.Logf("kill %d: %.2fs, %d failed attempts", i+1, d.Seconds(), failed)
 		c.Start(old)
 		c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
+		rejoin.add(time.Since(start), 0)
+		t.Logf("rejoin %d: %.2fs", i, time.Since(start).Seconds())
 	}
-	for i := 0; i < runs; i++ {
+	for i := 1; i <= runs; i++ {
 		old := c.primaryNode(t)
-		// The client writes continuously; the gap is the longest run of
-		// failures around the switchover.
-		stop := make(chan struct{})
-		gapCh := make(chan [2]float64, 1)
-		go func() {
-			var lastOK time.Time = time.Now()
-			var gap time.Duration
-			fails := 0
-			for {
-				select {
-				case <-stop:
-					gapCh <- [2]float64{gap.Seconds(), float64(fails)}
-					return
-				default:
-				}
-				id++
-				if p.write(id) == nil {
-					if g := time.Since(lastOK); g > gap {
-						gap = g
-					}
-					lastOK = time.Now()
-				} else {
-					fails++
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}()
-		time.Sleep(500 * time.Millisecond)
+		ws := make([]*writer, len(probes))
+		for j, p := range probes {
+			ws[j] = startWriter(p, switchoverPause)
+		}
+		time.Sleep(timelineBefore)
+		t0 := time.Now()
 		_, stderr, code := cli(t, "switchover", "--api", fmt.Sprintf("127.0.0.1:%d", old.API))
 		time.Sleep(1500 * time.Millisecond)
-		close(stop)
-		g := <-gapCh
+		results := make([][]attempt, len(ws))
+		for j, w := range ws {
+			results[j] = w.finish()
+		}
 		if code != 0 {
 			t.Fatalf("switchover: %s", stderr)
 		}
-		sw.add(time.Duration(g[0]*float64(time.Second)), int(g[1]))
-		t.Logf("switchover %d: gap %.2fs, %d failed attempts", i+1, g[0], int(g[1]))
+		for j, as := range results {
+			gap, failed := writeGap(as, t0)
+			sw[probes[j].name].add(gap, failed)
+			addTimeline("switchover", probes[j].name, makeTimeline(i, as, t0, -timelineBefore))
+			t.Logf("switchover %d (%s probe): gap %.2fs, %d failed attempts", i, probes[j].name, gap.Seconds(), failed)
+		}
 		c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
 	}
-	for i := 0; i < runs; i++ {
+	for i := 1; i <= runs; i++ {
 		old := c.primaryNode(t)
-		start := time.Now()
-		_ = syscall.Kill(postmasterPID(old), syscall.SIGKILL)
-		d, failed := p.untilWrite(t, start, &id, time.Minute)
-		crash.add(d, failed)
-		t.Logf("postgres crash %d: %.2fs, %d failed attempts", i+1, d.Seconds(), failed)
+		pm := postmasterPID(old)
+		fault("pg-crash", i, crash, func() { _ = syscall.Kill(pm, syscall.SIGKILL) })
 		c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
 	}
-	for _, s := range []*series{&kill, &sw, &crash} {
-		s.finish()
+	var all []series
+	for _, m := range []map[string]*series{kill, sw, crash} {
+		for _, p := range probes {
+			m[p.name].finish()
+			all = append(all, *m[p.name])
+		}
 	}
-	writeBench(t, "failover", map[string]any{"series": []series{kill, sw, crash}, "runs": runs})
-}
-
-// writeBench stores results under bench/results with the machine described.
-func writeBench(t *testing.T, name string, data map[string]any) {
-	t.Helper()
-	host, _ := os.Hostname()
-	pgver, _ := exec.Command("/usr/lib/postgresql/15/bin/postgres", "--version").Output()
-	data["machine"] = map[string]any{"cpus": runtime.NumCPU(), "go": runtime.Version(), "postgres": strings.TrimSpace(string(pgver)), "host": host}
-	data["date"] = time.Now().UTC().Format(time.RFC3339)
-	data["settings"] = "defaults: raft heartbeat_timeout 1s, election_timeout 1s, leader_lease_timeout 500ms; HA loop 1s"
-	dir := filepath.Join("..", "bench", "results")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, fmt.Sprintf("%s-%s-%s.json", time.Now().UTC().Format("20060102"), host, name))
-	b, _ := json.MarshalIndent(data, "", "  ")
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("results written to %s:\n%s", path, b)
+	rejoin.finish()
+	rejoin.Failed = nil
+	all = append(all, *rejoin)
+	writeBench(t, "failover", load0, map[string]any{
+		"series":    all,
+		"runs":      runs,
+		"timelines": timelines,
+		"probe":     "new connection + INSERT per attempt, 1 s limit, 50 ms pause (20 ms around switchovers); proxy = pgha write ports of all nodes as a libpq multi-host URL; direct = PostgreSQL ports with target_session_attrs=read-write",
+	})
 }

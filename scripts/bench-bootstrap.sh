@@ -9,6 +9,8 @@ NODES=${NODES:-3}
 BIN=${PGHA_BIN:-bin/pgha}
 out=bench/results/$(date -u +%Y%m%d)-$(hostname)-bootstrap.json
 mkdir -p bench/results
+[ -x "$BIN" ] || { echo "bench-bootstrap: $BIN not found: run make build or set PGHA_BIN" >&2; exit 1; }
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 times=()
 for i in $(seq 1 "$RUNS"); do
 	dir=$(mktemp -d /tmp/pgha-bench-XXXXXX)
@@ -23,14 +25,18 @@ sorted=$(printf '%s\n' "${times[@]}" | sort -n)
 min=$(head -1 <<<"$sorted"); max=$(tail -1 <<<"$sorted")
 median=$(awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}' <<<"$sorted")
 pgver=$(/usr/lib/postgresql/15/bin/postgres --version 2>/dev/null || echo unknown)
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+mem_gib=$(awk '/^MemTotal:/ {printf "%.1f", $2/1024/1024}' /proc/meminfo)
 cat >"$out" <<JSON
 {
-  "benchmark": "bootstrap: pgha demo start to 1 primary + $((NODES-1)) streaming replicas",
+  "benchmark": "bootstrap",
+  "description": "pgha demo start to 1 primary + $((NODES-1)) streaming replicas",
   "nodes": $NODES,
   "runs": $RUNS,
   "seconds": [$(IFS=,; echo "${times[*]}")],
   "min": $min, "median": $median, "max": $max,
-  "machine": {"cpus": $(nproc), "mem": "$(free -h | awk '/Mem:/ {print $2}')", "kernel": "$(uname -r)", "postgres": "$pgver", "go": "$(go version | cut -d' ' -f3)"},
+  "machine": {"cpus": $(nproc), "cpu_model": "$cpu_model", "mem_gib": $mem_gib, "kernel": "$(uname -r)", "postgres": "$pgver", "go": "$(go version | cut -d' ' -f3)", "pgha": "$("$BIN" --version)", "host": "$(hostname)"},
+  "load": {"start": "$load_start", "end": "$(cut -d' ' -f1-3 /proc/loadavg)"},
   "date": "$(date -u +%FT%TZ)"
 }
 JSON
