@@ -69,6 +69,10 @@ type Agent struct {
 	fencedAt     atomic.Int64
 	confirmedAt  atomic.Int64
 	steppingDown atomic.Bool
+	// soleVoter: this node is the only Raft voter (HA loop writes; the
+	// fence watchdog reads: nobody can supersede it, so it never fences
+	// for a slow confirmation).
+	soleVoter atomic.Bool
 	// scheduledRunning: a scheduled switchover is being carried out.
 	scheduledRunning atomic.Bool
 	// yield: this record holder cannot run PostgreSQL as primary (see

@@ -126,6 +126,7 @@ func (a *Agent) round(ctx context.Context) bool {
 				in.Voters[string(s.ID)] = true
 			}
 		}
+		a.soleVoter.Store(len(in.Voters) == 1 && in.Voters[a.cfg.Name])
 	}
 	a.applyDynamic(st, st.IsPrimary(a.cfg.Name))
 	if leader && st.IsPrimary(a.cfg.Name) && st.Scheduled != nil && !st.Paused {
