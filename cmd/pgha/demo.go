@@ -63,6 +63,9 @@ type clusterFileNode struct {
 	Write    string `json:"write"` // proxy write port: always the primary
 	Read     string `json:"read"`  // proxy read port: the replicas
 	Log      string `json:"log"`
+	// AgentPID is the node's pgha agent (the demo's child); killing it
+	// takes the node's PostgreSQL down too.
+	AgentPID int `json:"agent_pid,omitempty"`
 }
 
 func demoCommand() *cli.Command {
@@ -76,6 +79,7 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "port-base", Value: 15000, Usage: "first port; node i uses port-base+10*(i-1) .. +5"},
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up if the cluster is not ready after this long"},
 			&cli.BoolFlag{Name: "exit-when-ready", Usage: "stop the cluster as soon as it is ready (for scripts and benchmarks)"},
+			&cli.DurationFlag{Name: "restart-after", Value: 15 * time.Second, Usage: "once the cluster is ready, restart an agent that died (e.g. killed to watch a failover) after this `DELAY`; 0: leave it down"},
 			&cli.StringFlag{Name: "pg-bin", Usage: "PostgreSQL bin `DIR` (default: pg_config --bindir, then /usr/lib/postgresql/15/bin)"},
 		},
 		Action: runDemo,
@@ -126,48 +130,70 @@ func runDemo(c *cli.Context) error {
 
 	start := time.Now()
 	fmt.Printf("pgha demo: starting %d nodes in %s\n", n, dir)
-	procs := make([]*exec.Cmd, 0, n)
-	exited := make(chan string, n) // names of agents that exited
-	var waited []chan struct{}     // closed when each agent has exited
+	// procs[i] is node i's agent; done is closed when it has exited, and
+	// its index is sent on exited. Only this goroutine (the locked
+	// thread) starts agents.
+	type demoProc struct {
+		cmd  *exec.Cmd
+		done chan struct{}
+	}
+	procs := make([]*demoProc, n)
+	exited := make(chan int, n)
 	stopAll := func() {
 		for _, p := range procs {
-			_ = p.Process.Signal(syscall.SIGTERM)
+			if p != nil {
+				_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			}
 		}
 		deadline := time.After(60 * time.Second)
-		for i, w := range waited {
+		for _, p := range procs {
+			if p == nil {
+				continue
+			}
 			select {
-			case <-w:
+			case <-p.done:
 			case <-deadline:
-				_ = procs[i].Process.Kill()
-				<-w
+				_ = p.cmd.Process.Kill()
+				<-p.done
 			}
 		}
 	}
-	for _, nd := range nodes {
+	startNode := func(i int) error {
+		nd := nodes[i]
 		logf, err := os.OpenFile(nd.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
-			stopAll()
 			return err
 		}
+		defer logf.Close()
 		cmd := exec.Command(exe, "run", "-c", nd.ConfigPath)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
 		if err := cmd.Start(); err != nil {
-			logf.Close()
-			stopAll()
 			return fmt.Errorf("start %s: %w", nd.Name, err)
 		}
-		logf.Close()
-		procs = append(procs, cmd)
+		p := &demoProc{cmd: cmd, done: make(chan struct{})}
+		procs[i] = p
+		go func() {
+			_ = cmd.Wait()
+			close(p.done)
+			exited <- i
+		}()
+		return nil
 	}
-	waited = make([]chan struct{}, len(procs))
-	for i, p := range procs {
-		waited[i] = make(chan struct{})
-		go func(i int, p *exec.Cmd) {
-			_ = p.Wait()
-			close(waited[i])
-			exited <- nodes[i].Name
-		}(i, p)
+	for i := range nodes {
+		if err := startNode(i); err != nil {
+			stopAll()
+			return err
+		}
+	}
+	pids := func() map[string]int {
+		out := map[string]int{}
+		for i, p := range procs {
+			if p != nil {
+				out[nodes[i].Name] = p.cmd.Process.Pid
+			}
+		}
+		return out
 	}
 
 	sigs := make(chan os.Signal, 2)
@@ -188,7 +214,8 @@ func runDemo(c *cli.Context) error {
 		select {
 		case <-sigs:
 			o.signalled = true
-		case o.failed = <-exited:
+		case i := <-exited:
+			o.failed = nodes[i].Name
 		case <-ctx.Done():
 		}
 		cancel()
@@ -214,23 +241,51 @@ func runDemo(c *cli.Context) error {
 		return fmt.Errorf("%w (agent logs: %s)", err, filepath.Join(dir, "n*", "agent.log"))
 	}
 	took := time.Since(start)
-	cf := writeClusterFile(dir, nodes, st)
+	cf := writeClusterFile(dir, nodes, st, pids())
 	printDemo(ci, nodes, cf, took)
 	if c.Bool("exit-when-ready") {
 		stopAll()
 		fmt.Println("pgha demo: stopped")
 		return nil
 	}
+	restartAfter := c.Duration("restart-after")
 	fmt.Println("\nPress Ctrl-C to stop the cluster.")
-	select {
-	case <-sigs:
-	case name := <-exited:
-		fmt.Printf("\npgha demo: agent %s exited: %s\n", name, lastLines(filepath.Join(dir, name, "agent.log"), 5))
+	if restartAfter > 0 {
+		fmt.Printf("Kill an agent (its PID is in cluster.json) to watch a failover; the demo restarts it after %s.\n", restartAfter)
 	}
-	fmt.Println("\npgha demo: stopping the nodes...")
-	stopAll()
-	fmt.Println("pgha demo: stopped; run it again to restart the same cluster")
-	return nil
+	// Agents that die after the cluster is ready are what a demo of
+	// failover is about: report, restart later, carry on.
+	restart := make(chan int, n)
+	var timers []*time.Timer
+	defer func() {
+		for _, t := range timers {
+			t.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-sigs:
+			fmt.Println("\npgha demo: stopping the nodes...")
+			stopAll()
+			fmt.Println("pgha demo: stopped; run it again to restart the same cluster")
+			return nil
+		case i := <-exited:
+			name := nodes[i].Name
+			fmt.Printf("\npgha demo: agent %s exited: %s\n", name, lastLines(nodes[i].LogPath, 3))
+			fmt.Printf("pgha demo: the others carry on (watch: %s list --watch --api %s)\n", selfName(), cf.Nodes[(i+1)%n].API)
+			if restartAfter > 0 {
+				fmt.Printf("pgha demo: restarting %s in %s\n", name, restartAfter)
+				timers = append(timers, time.AfterFunc(restartAfter, func() { restart <- i }))
+			}
+		case i := <-restart:
+			if err := startNode(i); err != nil {
+				fmt.Printf("pgha demo: %v\n", err)
+				continue
+			}
+			cf = writeClusterFile(dir, nodes, st, pids())
+			fmt.Printf("pgha demo: %s restarted (pid %d); it rejoins as a replica\n", nodes[i].Name, procs[i].cmd.Process.Pid)
+		}
+	}
 }
 
 // prepareDemoDir reuses DIR when it holds a demo of the same shape, cleans
@@ -407,14 +462,14 @@ func dsn(st demoState, port int) string {
 	return u.String()
 }
 
-func writeClusterFile(dir string, nodes []demoNode, st demoState) clusterFile {
+func writeClusterFile(dir string, nodes []demoNode, st demoState, pids map[string]int) clusterFile {
 	cf := clusterFile{Dir: dir, APIAuth: st.APIAuth}
 	for _, nd := range nodes {
 		cf.Nodes = append(cf.Nodes, clusterFileNode{
 			Name: nd.Name, API: fmt.Sprintf("127.0.0.1:%d", nd.API), Postgres: fmt.Sprintf("127.0.0.1:%d", nd.PG),
 			DSN: dsn(st, nd.PG), Raft: fmt.Sprintf("127.0.0.1:%d", nd.Raft), Gossip: fmt.Sprintf("127.0.0.1:%d", nd.Gossip),
 			Write: fmt.Sprintf("127.0.0.1:%d", nd.W), Read: fmt.Sprintf("127.0.0.1:%d", nd.R),
-			Log: nd.LogPath,
+			Log: nd.LogPath, AgentPID: pids[nd.Name],
 		})
 	}
 	b, _ := json.MarshalIndent(cf, "", "  ")
