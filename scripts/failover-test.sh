@@ -30,10 +30,12 @@
 #   --restart-cmd CMD  shell command that starts it again (same placeholders),
 #                      e.g. --restart-cmd 'ssh root@{host} systemctl start pgha'
 #   --demo DIR         a `pgha demo` directory (reads DIR/cluster.json): the
-#                      nodes and password come from there; the "kill" freezes
-#                      the primary's agent and postmaster with SIGSTOP (the
-#                      demo ends the whole cluster when one agent exits) and
-#                      the restart resumes them with SIGCONT
+#                      nodes and password come from there; the primary's
+#                      agent is killed by the PID cluster.json gives (its
+#                      PostgreSQL dies with it) and the demo restarts it
+#                      (pgha demo --restart-after); with an older demo whose
+#                      cluster.json has no PIDs, the agent and postmaster are
+#                      frozen with SIGSTOP and resumed with SIGCONT
 #   --pg-port PORT     reach PostgreSQL at the API host on PORT instead of
 #                      the address each node advertises
 #   --timeout SECONDS  bound for the failover and for the rejoin (default 60)
@@ -203,7 +205,17 @@ if [ "$yes" -ne 1 ]; then
 	[ "$answer" = y ] || [ "$answer" = Y ] || { echo "failover-test: stopped before the kill"; exit 1; }
 fi
 frozen=()
+demo_pid=""
 if [ -n "$demo" ]; then
+	demo_pid=$(jq -r --arg n "$primary" '.nodes[] | select(.name == $n) | .agent_pid // empty' "$demo/cluster.json")
+fi
+if [ -n "$demo_pid" ] && [ -d "/proc/$demo_pid" ]; then
+	# The demo restarts an agent that dies (pgha demo --restart-after).
+	kill_at=$(now)
+	kill -KILL "$demo_pid"
+	ok "primary $primary killed (SIGKILL of agent $demo_pid; its PostgreSQL dies with it)"
+elif [ -n "$demo" ]; then
+	# An older demo without agent PIDs: freeze instead of kill.
 	pm=$(head -1 "$demo/$primary/pgdata/postmaster.pid" 2>/dev/null || true)
 	agent=""
 	if [ -n "$pm" ]; then agent=$(ps -o ppid= -p "$pm" | tr -d ' ' || true); fi
@@ -270,7 +282,9 @@ for n in $(jq -r --arg p "$primary" '.members[] | select(.name != $p and .write 
 done
 
 # 6. The old primary rejoins as a replica.
-if [ -n "$demo" ]; then
+if [ -n "$demo_pid" ]; then
+	note "the demo restarts $primary's agent"
+elif [ -n "$demo" ]; then
 	resume
 	note "resumed $primary (SIGCONT)"
 elif [ -n "$restart_cmd" ]; then
