@@ -26,6 +26,7 @@ test: deps build
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 	$(GO) test -race -count=1 -timeout 10m ./pgnode/...
 	PGHA_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./integration/... 2>&1 | scripts/test-summary.sh
+	$(MAKE) fuzz FUZZTIME=3s
 	PGHA_BIN=$(CURDIR)/$(BIN) CHAOS_DURATION=2m $(GO) test -tags chaos -count=1 -timeout 15m -v -run '^TestChaos' ./integration/ 2>&1 | scripts/test-summary.sh
 
 unit:
@@ -87,10 +88,15 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
+# Every decoder of outside input has a fuzz target; checked-in corpora
+# (testdata/fuzz) run with the normal tests. FUZZTIME per target (30s);
+# make test runs each for a few seconds.
+FUZZ_TARGETS := raftfsm:FuzzApplyCommand config:FuzzLoad membership:FuzzDecodeMeta api:FuzzRequest proxy:FuzzFirstBytes pgnode:FuzzParseLSN
 fuzz:
-	$(GO) test ./raftfsm -run=^$$ -fuzz=FuzzApplyCommand -fuzztime=$${FUZZTIME:-30s}
-	$(GO) test ./config -run=^$$ -fuzz=FuzzLoad -fuzztime=$${FUZZTIME:-30s}
-	$(GO) test ./pgnode -run=^$$ -fuzz=FuzzParseLSN -fuzztime=$${FUZZTIME:-30s}
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} in ./$${t%%:*} for $${FUZZTIME:-30s}"; \
+		$(GO) test ./$${t%%:*} -run='^$$' -fuzz="^$${t#*:}$$" -fuzztime=$${FUZZTIME:-30s}; \
+	done
 
 clean:
 	rm -rf bin
