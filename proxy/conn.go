@@ -16,13 +16,13 @@ import (
 const warnInterval = 10 * time.Second
 
 // handle owns one accepted client from hold to close. Once the client is
-// spliced to a backend it is one of the connection's two goroutines.
+// connected to a backend it is one of the connection's two goroutines.
 func (p *Proxy) handle(pt *port, c *net.TCPConn) {
 	defer p.wg.Done()
 	defer pt.current.Add(-1)
 	defer c.Close()
-	// Close must reach the client at every stage before the splice (held,
-	// handshaking, dialling); the splice has its generation's close.
+	// Close must reach the client at every stage before the relay (held,
+	// handshaking, dialling); the relay has its generation's close.
 	defer closeOnDone(p.root, c)()
 
 	// Hold first, reading nothing: the client's startup packet waits in
@@ -117,10 +117,11 @@ func (p *Proxy) dial(t *target) (*net.TCPConn, error) {
 	return tc, nil
 }
 
-// pipe forwards the bytes already read, then splices both directions
-// until both have ended. Both io.Copy calls see two *net.TCPConn, so on
-// Linux the kernel moves the bytes (splice) and they never enter user
-// space; nothing may wrap the sockets on this path.
+// pipe forwards the bytes already read, then relays both directions
+// until both have ended. relay copies small messages through a buffer
+// and hands bulk to splice(2) between the two *net.TCPConn, so bulk
+// bytes never enter user space; nothing may wrap the sockets on this
+// path (see relay).
 func (p *Proxy) pipe(pt *port, t *target, client, server *net.TCPConn, first header) {
 	start := time.Now()
 	// The generation's close channel: a routing change that removes t,
@@ -136,12 +137,12 @@ func (p *Proxy) pipe(pt *port, t *target, client, server *net.TCPConn, first hea
 		up = int64(n)
 		if err == nil {
 			var m int64
-			m, err = io.Copy(server, client)
+			m, err = relay(server, client)
 			up += m
 		}
 		finish(server, client, err)
 	}()
-	down, err := io.Copy(client, server)
+	down, err := relay(client, server)
 	finish(client, server, err)
 	<-done
 	client.Close()
@@ -157,7 +158,7 @@ func (p *Proxy) pipe(pt *port, t *target, client, server *net.TCPConn, first hea
 	p.log.Debug("proxy connection closed", args...)
 }
 
-// finish ends one direction after io.Copy(dst, src) returned. A clean
+// finish ends one direction after relay(dst, src) returned. A clean
 // EOF is passed on as a half-close, and the other direction (which reads
 // dst) gets finTimeout to end too. An error means the pair is broken:
 // close both sockets, which also ends the other copy.

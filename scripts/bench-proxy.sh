@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Proxy overhead: pgbench -S (read-only) and -N (simple writes), -c 8 -j 2,
+# and -S with a single client (S1, for the latency a proxy adds per query),
 # directly against the primary, through the pgha write port, and through
 # HAProxy 2.6 in TCP mode (installed from Debian if missing), alternating
 # A/B/C several times on one running demo cluster. Writes
-# bench/results/<date>-<host>-proxy.json and prints the medians and ratios.
-#   ROUNDS=3 DURATION=15 scripts/bench-proxy.sh
+# bench/results/<date>-<host>-proxy.json and prints the medians, ratios,
+# the average latency per transaction and what pgha and HAProxy add to it.
+# Every run uses the same pgbench flags; the order inside a round is
+# rotated so no target always runs first (or right after the same one).
+# The load average before each run is recorded: other work on the
+# machine moves the absolute numbers, the in-run ratios much less.
+#   ROUNDS=5 DURATION=15 PGHA_BIN=/tmp/pgha scripts/bench-proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -64,34 +70,94 @@ sleep 1
 
 "$PGBIN/pgbench" -h 127.0.0.1 -p "$primary_port" -U postgres -i -s 10 -q postgres >/dev/null 2>&1
 declare -A target=([direct]=$primary_port [pgha]=18004 [haproxy]=18090)
+# The processes behind the two proxies, for their CPU time per
+# transaction: a steadier figure than tps on a shared machine.
+pgha_pid=$(ss -Hltnp 'sport = :18004' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+clk=$(getconf CLK_TCK)
 results="$work/results.txt"
 : >"$results"
-for mode in S N; do
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+names=(direct pgha haproxy)
+# S1 is -S with one client: no queueing, so its latency average is the
+# round trip itself and the difference to direct what a proxy adds.
+for mode in S N S1; do
+	case $mode in
+	S1) flags=(-c 1 -j 1 -S) ;;
+	*) flags=(-c 8 -j 2 "-$mode") ;;
+	esac
 	for r in $(seq 1 "$ROUNDS"); do
-		for name in direct pgha haproxy; do
-			tps=$("$PGBIN/pgbench" -h 127.0.0.1 -p "${target[$name]}" -U postgres -c 8 -j 2 -T "$DURATION" "-$mode" -n postgres 2>/dev/null | awk '/^tps/ {print $3; exit}')
-			echo "$mode $name $r $tps" | tee -a "$results"
+		for i in 0 1 2; do
+			name=${names[$(((i + r) % 3))]}
+			load=$(cut -d' ' -f1 /proc/loadavg)
+			p0=$(cputicks "$pgha_pid")
+			h0=$(cputicks "$ha_pid")
+			out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "${target[$name]}" -U postgres "${flags[@]}" -T "$DURATION" -n postgres 2>/dev/null)
+			p1=$(cputicks "$pgha_pid")
+			h1=$(cputicks "$ha_pid")
+			tps=$(awk '/^tps/ {print $3; exit}' <<<"$out")
+			lat=$(awk '/^latency average/ {print $4; exit}' <<<"$out")
+			tx=$(awk -F'[:/ ]+' '/^number of transactions actually processed/ {print $6; exit}' <<<"$out")
+			# CPU seconds of the pgha node and of HAProxy during the run.
+			echo "$mode $name $r $tps $lat $load $tx $(((p1 - p0)))/$clk $(((h1 - h0)))/$clk" | tee -a "$results"
 		done
 	done
 done
-out=bench/results/$(date -u +%Y%m%d)-$(hostname)-proxy.json
-python3 - "$results" "$out" "$ROUNDS" "$DURATION" <<'PY'
+out=${OUT:-bench/results/$(date -u +%Y%m%d)-$(hostname)-proxy.json}
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 - "$results" "$out" "$ROUNDS" "$DURATION" "$load_start" "$load_end" <<'PY'
 import json, sys, statistics, os, subprocess, datetime
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-res = {}
-for mode, name, r, tps in rows:
+res, lats, loads, rounds, cpu, idle = {}, {}, [], {}, {}, {}
+frac = lambda x: float(x.split("/")[0]) / float(x.split("/")[1])
+for mode, name, r, tps, lat, load, tx, pcpu, hcpu in rows:
     res.setdefault(mode, {}).setdefault(name, []).append(float(tps))
+    lats.setdefault(mode, {}).setdefault(name, []).append(float(lat))
+    rounds.setdefault(mode, {}).setdefault(r, {})[name] = float(tps)
+    loads.append(float(load))
+    pcpu, hcpu = frac(pcpu), frac(hcpu)
+    # A proxy's process burns some CPU when it carries nothing (the pgha
+    # node runs its agent): measured while the other targets run.
+    idle.setdefault(mode, {"pgha": [], "haproxy": []})
+    if name != "pgha":
+        idle[mode]["pgha"].append(pcpu)
+    if name != "haproxy":
+        idle[mode]["haproxy"].append(hcpu)
+    if name in ("pgha", "haproxy"):
+        cpu.setdefault(mode, {}).setdefault(name, []).append((pcpu if name == "pgha" else hcpu, int(tx)))
 summary = {}
 for mode, by in res.items():
     med = {k: statistics.median(v) for k, v in by.items()}
+    lat = {k: statistics.median(v) for k, v in lats[mode].items()}
+    base = {k: statistics.median(v) for k, v in idle[mode].items()}
+    us_per_tx = {k: [round(max(c - base[k], 0) / tx * 1e6, 2) for c, tx in v] for k, v in cpu[mode].items()}
+    # pgha/HAProxy within each round (the two ran minutes apart at most).
+    per_round = [v["pgha"] / v["haproxy"] for v in rounds[mode].values()]
     summary[mode] = {"tps": by, "median": med,
+                     "latency_ms": lats[mode], "latency_ms_median": lat,
+                     "added_latency_ms": {"pgha": lat["pgha"] - lat["direct"], "haproxy": lat["haproxy"] - lat["direct"]},
                      "pgha_vs_direct": med["pgha"] / med["direct"],
                      "haproxy_vs_direct": med["haproxy"] / med["direct"],
-                     "pgha_vs_haproxy": med["pgha"] / med["haproxy"]}
-    print(f"-{mode}: direct {med['direct']:.0f} tps, pgha {med['pgha']:.0f} ({summary[mode]['pgha_vs_direct']:.3f}x), "
-          f"haproxy {med['haproxy']:.0f} ({summary[mode]['haproxy_vs_direct']:.3f}x); pgha/haproxy {summary[mode]['pgha_vs_haproxy']:.3f}")
-doc = {"benchmark": "pgbench -c 8 -j 2 scale 10, direct vs pgha write port vs HAProxy 2.6 TCP, alternating",
+                     "pgha_vs_haproxy": med["pgha"] / med["haproxy"],
+                     "pgha_vs_haproxy_per_round": per_round,
+                     "pgha_vs_haproxy_per_round_median": statistics.median(per_round),
+                     "proxy_cpu_us_per_tx": us_per_tx,
+                     "proxy_cpu_us_per_tx_median": {k: statistics.median(v) for k, v in us_per_tx.items()},
+                     "proxy_idle_cpu_s_per_run": base}
+    s = summary[mode]
+    print(f"-{mode}: direct {med['direct']:.0f} tps, pgha {med['pgha']:.0f} ({s['pgha_vs_direct']:.3f}x), "
+          f"haproxy {med['haproxy']:.0f} ({s['haproxy_vs_direct']:.3f}x); pgha/haproxy {s['pgha_vs_haproxy']:.3f} "
+          f"(per-round median {s['pgha_vs_haproxy_per_round_median']:.3f})")
+    print(f"    latency avg: direct {lat['direct']:.3f} ms, pgha {lat['pgha']:.3f} (+{lat['pgha'] - lat['direct']:.3f}), "
+          f"haproxy {lat['haproxy']:.3f} (+{lat['haproxy'] - lat['direct']:.3f})")
+    c = s["proxy_cpu_us_per_tx_median"]
+    print(f"    proxy CPU per transaction: pgha {c['pgha']:.1f} us, haproxy {c['haproxy']:.1f} us")
+print(f"load average before runs: min {min(loads):.2f} median {statistics.median(loads):.2f} max {max(loads):.2f}")
+doc = {"benchmark": "pgbench -c 8 -j 2 (S, N) and -c 1 -j 1 (S1) scale 10, direct vs pgha write port vs HAProxy 2.6 TCP, alternating",
        "rounds": int(sys.argv[3]), "duration_s": int(sys.argv[4]), "results": summary,
+       "load": {"start": sys.argv[5], "end": sys.argv[6],
+                "note": "1/5/15-minute load averages (/proc/loadavg): other work shares the cores"},
+       "load_average_before_runs": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
        "machine": {"cpus": os.cpu_count(), "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]},
        "date": datetime.datetime.utcnow().isoformat() + "Z"}
 json.dump(doc, open(sys.argv[2], "w"), indent=2)
