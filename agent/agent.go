@@ -69,10 +69,6 @@ type Agent struct {
 	fencedAt     atomic.Int64
 	confirmedAt  atomic.Int64
 	steppingDown atomic.Bool
-	// soleVoter: this node is the only Raft voter (HA loop writes; the
-	// fence watchdog reads: nobody can supersede it, so it never fences
-	// for a slow confirmation).
-	soleVoter atomic.Bool
 	// scheduledRunning: a scheduled switchover is being carried out.
 	scheduledRunning atomic.Bool
 	// yield: this record holder cannot run PostgreSQL as primary (see
@@ -113,6 +109,9 @@ type Agent struct {
 	// without streaming (HA loop only; see LocalPG.OldTimelineFor).
 	oldTimelineSince time.Time
 	refusedJoins     map[string]string // joins refused and logged, by member (HA loop only)
+	checkMu          sync.Mutex        // one Check inspection at a time
+	checkIn          checkInput        // the last one, guarded by checkMu
+	checkAt          time.Time         // when it was gathered, guarded by checkMu
 
 	formation atomic.Bool // raft runs on fast timers until a leader exists
 	leaving   atomic.Bool

@@ -34,8 +34,24 @@ type checkInput struct {
 	InspectErr string
 }
 
+// checkCacheFor is how long an inspection is reused: GET /check may be
+// open to anyone (health-style), and each inspection costs a superuser
+// connection; those must stay free for failover work.
+const checkCacheFor = time.Second
+
 // Check runs the operator's health check: `pgha check`, Nagios, cron.
+// One inspection at a time, reused for checkCacheFor.
 func (a *Agent) Check(ctx context.Context, o api.CheckOptions) api.CheckResult {
+	a.checkMu.Lock()
+	defer a.checkMu.Unlock()
+	if time.Since(a.checkAt) < checkCacheFor {
+		return evaluateCheck(a.checkIn, o)
+	}
+	a.checkIn, a.checkAt = a.gatherCheck(ctx), time.Now()
+	return evaluateCheck(a.checkIn, o)
+}
+
+func (a *Agent) gatherCheck(ctx context.Context) checkInput {
 	st := a.raft.FSM().State()
 	in := checkInput{
 		Now:         time.Now(),
@@ -66,7 +82,7 @@ func (a *Agent) Check(ctx context.Context, o api.CheckOptions) api.CheckResult {
 			in.Inspect = &insp
 		}
 	}
-	return evaluateCheck(in, o)
+	return in
 }
 
 // Raft contact thresholds: a follower normally hears from the leader

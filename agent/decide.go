@@ -48,9 +48,13 @@ type LocalPG struct {
 // divergedAfter is how long a replica may stay on an older timeline
 // without streaming before it counts as diverged. Following a new
 // timeline normally takes a second or two (the walreceiver fetches the
-// history file and switches); a false positive costs a pg_rewind that
-// finds nothing to do.
-const divergedAfter = 10 * time.Second
+// history file and switches). The timeline of a replica whose walreceiver
+// is down is its last restartpoint's, which can trail a switch it did
+// follow, so a healthy replica that loses its primary for this long can
+// be taken for diverged: the price is a stop and a pg_rewind that finds
+// nothing to do (a running replica's data is never moved aside, see
+// agent.rewind), so the bound is generous.
+const divergedAfter = 30 * time.Second
 
 // OldPrimary is what the leader learnt by asking the recorded primary's
 // agent directly (its REST API) this round.
@@ -287,7 +291,7 @@ func decideReplica(in Input) []Action {
 			return append(acts, Action{Kind: ActWait, Reason: fmt.Sprintf("former primary: waiting for primary %s to run before rewinding", p.Member)})
 		}
 		return append(acts, Action{Kind: ActRewind, Target: p.Member, Upstream: pm.PGAddr})
-	case in.PG.Running && in.PG.InRecovery && in.PG.OldTimelineFor >= divergedAfter && primaryRuns:
+	case in.PG.Running && in.PG.InRecovery && in.PG.OldTimelineFor >= divergedAfter && primaryRuns && !st.Paused:
 		return append(acts, Action{Kind: ActRewind, Target: p.Member, Upstream: pm.PGAddr,
 			Reason: fmt.Sprintf("replica stuck on timeline %d for %s while the primary is on %d: diverged", in.PG.Timeline, in.PG.OldTimelineFor.Round(time.Second), p.Timeline)})
 	}

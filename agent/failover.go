@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/raftfsm"
@@ -120,7 +121,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		}
 		now := time.Now()
 		guarding := a.primaryUp.Load()
-		if !guarding || (a.soleVoter.Load() && a.raft.IsLeader()) {
+		if !guarding || (a.raft.IsLeader() && a.isSoleVoter()) {
 			// Not guarding a primary; or the only voter, which no other
 			// node can supersede: a slow confirmation there (a Raft log
 			// fsync stalled behind a bulk load's writeback) must not stop
@@ -149,6 +150,26 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			go a.verify(verifying)
 		}
 	}
+}
+
+// isSoleVoter reports whether this node is the only voter of the latest
+// Raft configuration (read without the Raft loop, so a stalled loop
+// cannot block the watchdog; a voter being added is already in it).
+func (a *Agent) isSoleVoter() bool {
+	servers, err := a.raft.Servers()
+	if err != nil {
+		return false
+	}
+	voters := 0
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			if string(s.ID) != a.cfg.Name {
+				return false
+			}
+			voters++
+		}
+	}
+	return voters == 1
 }
 
 // mustFence fences and reports a failure loudly: the watchdog has nobody
@@ -280,7 +301,8 @@ func (a *Agent) rewind(ctx context.Context, act Action, in Input) error {
 	}
 	up := pgnode.Upstream{Host: host, Port: port, Slot: pgnode.SlotName(a.cfg.Name)}
 	a.setStatus(func(s *NodeStatus) { s.State = "rewinding" })
-	if a.pg.Running() {
+	wasReplica := a.pg.Running()
+	if wasReplica {
 		// A running replica that diverged (it received WAL the new
 		// primary never had): pg_rewind needs it stopped.
 		a.log.Warn("replica diverged from the primary's timeline: stopping it to rewind", "reason", act.Reason)
@@ -302,6 +324,12 @@ func (a *Agent) rewind(ctx context.Context, act Action, in Input) error {
 		return a.ensureRunning(ctx, pgnode.RoleReplica, &up)
 	}
 	a.log.Error("pg_rewind failed", "err", err)
+	if wasReplica {
+		// Maybe it was not diverged at all (see divergedAfter), only cut
+		// off from a primary that refuses connections: its data is kept
+		// and it runs as a replica again; an operator can `pgha reinit`.
+		return errors.Join(fmt.Errorf("rewind of the replica from %s: %w", act.Target, err), a.ensureRunning(ctx, pgnode.RoleReplica, &up))
+	}
 	if !a.upstreamReachable(ctx, host, port) {
 		return fmt.Errorf("rewind from %s: %w (primary unreachable; will retry)", act.Target, err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/metrics"
 	"github.com/pgha/pgha/pgnode"
 )
@@ -187,11 +188,23 @@ func (a *Agent) Reinitialize(ctx context.Context) error {
 	a.actionMu.Lock()
 	defer a.actionMu.Unlock()
 	st := a.raft.FSM().State()
+	s := a.Status()
+	var g membership.Member
+	seen := false
+	if st.Primary != nil {
+		g, seen = a.gossipByName()[st.Primary.Member]
+	}
 	switch {
 	case st.IsPrimary(a.cfg.Name):
 		return api.Errorf(http.StatusConflict, "%s is the primary: switch over first, then reinitialize it as a replica", a.cfg.Name)
+	case s.PGRunning && !s.InRecov:
+		// Not the recorded primary yet accepting writes: the HA loop
+		// fences it; its data is evidence, not to be moved by a request.
+		return api.Errorf(http.StatusConflict, "PostgreSQL on %s runs as a primary without the primary record; it is being fenced, not reinitialized", a.cfg.Name)
 	case st.Primary == nil:
 		return api.Errorf(http.StatusConflict, "no primary to clone from")
+	case !seen || !g.Alive || g.Meta.Role != "primary":
+		return api.Errorf(http.StatusConflict, "primary %s is not running: nothing to clone from, the data stays", st.Primary.Member)
 	}
 	a.log.Warn("reinitializing on request: stopping PostgreSQL and moving the data directory aside")
 	sctx, cancel := context.WithTimeout(ctx, a.cfg.PostgreSQL.StartTimeout.Duration)

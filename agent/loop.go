@@ -126,7 +126,6 @@ func (a *Agent) round(ctx context.Context) bool {
 				in.Voters[string(s.ID)] = true
 			}
 		}
-		a.soleVoter.Store(len(in.Voters) == 1 && in.Voters[a.cfg.Name])
 	}
 	a.applyDynamic(st, st.IsPrimary(a.cfg.Name))
 	if leader && st.IsPrimary(a.cfg.Name) && st.Scheduled != nil && !st.Paused {
@@ -459,6 +458,7 @@ func (a *Agent) reconcileMembers() {
 				}
 				continue
 			}
+			delete(a.refusedJoins, name)
 			a.nonvoterSince(name, now)
 			a.upsertMember(st, name, m)
 			continue

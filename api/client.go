@@ -62,7 +62,11 @@ func NewTransport(tc *tls.Config) http.RoundTripper {
 
 // WithAddr returns a client for another agent with the same TLS settings
 // and credentials (the CLI fans out to members this way).
-func (c *Client) WithAddr(addr string) *Client { return NewClientWith(addr, c.opts) }
+func (c *Client) WithAddr(addr string) *Client {
+	o := c.opts
+	o.Transport = c.http.Transport // one connection pool for the whole fan-out
+	return NewClientWith(addr, o)
+}
 
 // Addr returns the API base URL.
 func (c *Client) Addr() string { return c.base }
@@ -82,8 +86,12 @@ func (c *Client) Health(ctx context.Context) (HealthInfo, bool, error) {
 // Probe fetches a health endpoint (path with its query, e.g.
 // "/replica?lag=16MB"): ok is the 200/503 answer; err means no answer.
 func (c *Client) Probe(ctx context.Context, path string) (HealthInfo, bool, error) {
+	// Health endpoints are open: no credentials on the wire for them
+	// (they may be plain http, and agents probe each other every second).
+	anon := *c
+	anon.creds = Credentials{}
 	var h HealthInfo
-	code, err := c.do(ctx, http.MethodGet, path, nil, &h)
+	code, err := anon.do(ctx, http.MethodGet, path, nil, &h)
 	if code == http.StatusServiceUnavailable {
 		return h, false, nil
 	}

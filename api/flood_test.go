@@ -21,8 +21,10 @@ import (
 func TestFloodLeavesAPIResponsive(t *testing.T) {
 	var joins calls[api.JoinRequest]
 	addr := startServer(t, &fakeBackend{
-		HealthFn: func() api.HealthInfo { return api.HealthInfo{Name: "n1", Role: "primary", Primary: true, PGRunning: true} },
-		JoinFn:   func(_ context.Context, req api.JoinRequest) error { joins.add(req); return nil },
+		HealthFn: func() api.HealthInfo {
+			return api.HealthInfo{Name: "n1", Role: "primary", Primary: true, PGRunning: true}
+		},
+		JoinFn: func(_ context.Context, req api.JoinRequest) error { joins.add(req); return nil },
 	})
 
 	// Slow clients: a connection each, half a request line, then silence.

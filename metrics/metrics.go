@@ -46,8 +46,8 @@ type Snapshot struct {
 	RaftLastContact time.Duration
 	RaftVoters      int
 
-	// PrimaryChanges counts the history's primary changes by reason
-	// (failover, switchover, manual...).
+	// PrimaryChanges counts the retained history's primary changes by
+	// reason (failover, switchover, manual...).
 	PrimaryChanges map[string]int
 	// WritableMembers is how many members report PostgreSQL accepting
 	// writes. More than one must never happen.
@@ -121,7 +121,7 @@ var (
 	dRaftApplied = desc("pgha_raft_applied_index", "Raft index last applied to the FSM.")
 	dRaftContact = desc("pgha_raft_last_contact_seconds", "Seconds since the Raft leader was last heard from (0 on the leader, -1 if never).")
 	dRaftVoters  = desc("pgha_raft_voters", "Number of voters in the Raft configuration.")
-	dChanges     = desc("pgha_primary_changes_total", "Primary changes recorded in the cluster history, by reason.", "reason")
+	dChanges     = desc("pgha_history_primary_changes", "Primary changes in the retained cluster history (the last 200), by reason; a gauge, since old entries age out.", "reason")
 	dWritable    = desc("pgha_writable_members", "Members that report PostgreSQL accepting writes; more than 1 is a split brain.")
 	dMembers     = desc("pgha_members", "Members known to gossip, by liveness.", "state")
 
@@ -205,7 +205,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	sort.Strings(reasons)
 	for _, r := range reasons {
-		counter(dChanges, float64(s.PrimaryChanges[r]), r)
+		gauge(dChanges, float64(s.PrimaryChanges[r]), r)
 	}
 	gauge(dWritable, float64(s.WritableMembers))
 	gauge(dMembers, float64(s.MembersAlive), "alive")

@@ -86,7 +86,7 @@ func TestMetricsParse(t *testing.T) {
 		{"pgha_raft_state", map[string]string{"state": "Follower"}, 1},
 		{"pgha_raft_term", nil, 7},
 		{"pgha_raft_last_contact_seconds", nil, 0.08},
-		{"pgha_primary_changes_total", map[string]string{"reason": "failover"}, 2},
+		{"pgha_history_primary_changes", map[string]string{"reason": "failover"}, 2},
 		{"pgha_writable_members", nil, 1},
 		{"pgha_members", map[string]string{"state": "unreachable"}, 1},
 		{"pgha_proxy_connections_total", map[string]string{"port": "write"}, 10},

@@ -3,6 +3,7 @@ package pgnode
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"syscall"
@@ -69,7 +70,9 @@ func signalTree(pid int, sig syscall.Signal) error {
 		err = nil
 	}
 	for _, c := range children {
-		_ = syscall.Kill(c, sig)
+		if cerr := syscall.Kill(c, sig); cerr != nil && !errors.Is(cerr, syscall.ESRCH) {
+			err = errors.Join(err, fmt.Errorf("signal backend %d: %w", c, cerr))
+		}
 	}
 	return err
 }

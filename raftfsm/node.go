@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -38,14 +39,17 @@ type Options struct {
 
 // Node is the local Raft server with pgha's FSM.
 type Node struct {
-	id       string
-	raft     *raft.Raft
-	fsm      *FSM
-	trans    *raft.NetworkTransport
-	tls      *TLSStreamLayer // nil on plain TCP
-	store    *raftboltdb.BoltStore
-	notify   chan bool
-	hadState bool
+	id    string
+	raft  *raft.Raft
+	fsm   *FSM
+	trans *raft.NetworkTransport
+	tls   *TLSStreamLayer // nil on plain TCP
+	// probeFailed remembers failed TLS checks of joining nodes (see probe).
+	probeMu     sync.Mutex
+	probeFailed map[string]probeFailure
+	store       *raftboltdb.BoltStore
+	notify      chan bool
+	hadState    bool
 	// configured timers, restored after a fast first election
 	heartbeat, election, lease time.Duration
 }
@@ -300,7 +304,7 @@ func (n *Node) AddNonvoter(id, addr string, timeout time.Duration) error {
 		return ErrNotLeader
 	}
 	if n.tls != nil && !n.hasServer(id, addr) {
-		if err := n.tls.Probe(addr, timeout); err != nil {
+		if err := n.probe(addr, min(timeout, probeTimeout)); err != nil {
 			return fmt.Errorf("add nonvoter %s: %w", id, err)
 		}
 	}
@@ -308,6 +312,43 @@ func (n *Node) AddNonvoter(id, addr string, timeout time.Duration) error {
 		return fmt.Errorf("add nonvoter %s: %w", id, err)
 	}
 	return nil
+}
+
+// probeTimeout bounds the TLS handshake check of a joining node, and
+// probeBackoff is how long a failed one is remembered: the leader's HA
+// loop retries every round, and an address that drops packets must not
+// cost it a timeout each time.
+const (
+	probeTimeout = time.Second
+	probeBackoff = 10 * time.Second
+)
+
+// probe runs the TLS handshake check of addr, or returns the failure
+// remembered from the last probeBackoff.
+func (n *Node) probe(addr string, timeout time.Duration) error {
+	n.probeMu.Lock()
+	f, ok := n.probeFailed[addr]
+	n.probeMu.Unlock()
+	if ok && time.Since(f.at) < probeBackoff {
+		return f.err
+	}
+	err := n.tls.Probe(addr, timeout)
+	n.probeMu.Lock()
+	defer n.probeMu.Unlock()
+	if n.probeFailed == nil {
+		n.probeFailed = map[string]probeFailure{}
+	}
+	if err != nil {
+		n.probeFailed[addr] = probeFailure{at: time.Now(), err: err}
+	} else {
+		delete(n.probeFailed, addr)
+	}
+	return err
+}
+
+type probeFailure struct {
+	at  time.Time
+	err error
 }
 
 // hasServer reports whether the configuration already has id at addr.

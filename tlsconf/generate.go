@@ -130,6 +130,11 @@ func Generate(o GenerateOptions) (*Generated, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("tls init: %w", err)
 	}
+	// MkdirAll leaves an existing directory's mode alone: the CA key
+	// goes in here.
+	if err := os.Chmod(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("tls init: %w", err)
+	}
 	var caCert *x509.Certificate
 	var caKey crypto.Signer
 	if g.CAReused {

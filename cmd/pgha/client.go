@@ -71,7 +71,7 @@ func apiClient(c *cli.Context) (*api.Client, error) {
 	}
 	switch {
 	case c.Bool("insecure"):
-		o.TLS = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for by --insecure
+		o.TLS = &tls.Config{InsecureSkipVerify: true, MinVersion: tlsconf.MinVersion} //nolint:gosec // asked for by --insecure
 	case c.String("ca-file") != "":
 		pool, err := tlsconf.CAPool(c.String("ca-file"))
 		if err != nil {
