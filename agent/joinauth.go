@@ -9,15 +9,18 @@ import (
 )
 
 // Joining needs the cluster's credentials. A node asks to join by setting
-// Join in its gossip metadata; the leader then adds it to Raft. When the
-// cluster has API credentials (api.auth or api.token), the joining node
-// must also publish a proof that it holds them: an HMAC, keyed with the
-// credential, of the cluster name, its member name and its Raft address.
-// The credential itself never travels, and a proof copied from gossip is
-// worth nothing for another name or address. Gossip encryption
-// (gossip.key) and Raft TLS close the remaining doors: a node without the
-// gossip key cannot even be seen, one without a certificate from the
-// cluster CA cannot speak Raft.
+// Join in its gossip metadata and the leader adds it to Raft; nodes that
+// form a new cluster take every candidate they see as a voter. When the
+// cluster has API credentials (api.auth or api.token), a joining node or
+// bootstrap candidate must also publish a proof that it holds them: an
+// HMAC, keyed with the credential, of the cluster name, its member name
+// and its Raft address. The credential itself never travels, and a proof
+// copied from gossip is worth nothing for another name or address.
+// Gossip encryption (gossip.key) and Raft TLS close the remaining doors:
+// a node without the gossip key cannot even be seen, one without a
+// certificate from the cluster CA cannot speak Raft. Without gossip.key
+// anyone on the gossip port can read a proof and guess a weak credential
+// offline from it: use a long random one (the README says so).
 
 // joinProof is this node's proof for credential cred ("" when none).
 func joinProof(cred, cluster, name, raftAddr string) string {

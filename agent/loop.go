@@ -275,7 +275,9 @@ func (a *Agent) publish(l LocalPG, waiting string) {
 	m := a.baseMeta()
 	m.HasRaft = a.raft.HasConfiguration()
 	m.Join = !m.HasRaft && (a.cfg.BootstrapExpect == 0 || a.joinWanted())
-	if m.Join {
+	if m.Join || !m.HasRaft {
+		// Asking to join, or a bootstrap candidate: both become voters
+		// only with proof of the cluster's API credentials.
 		m.JoinProof = a.ownJoinProof()
 	}
 	m.Leaving = a.leaving.Load()
@@ -359,6 +361,12 @@ func (a *Agent) maybeBootstrap() string {
 		}
 		if m.Meta.Expect != expect {
 			others = append(others, fmt.Sprintf("%s (bootstrap_expect=%d)", m.Name, m.Meta.Expect))
+			continue
+		}
+		if !a.joinAllowed(m.Name, m) {
+			// Forming a cluster makes every candidate a voter: the same
+			// proof of the API credentials as a join.
+			others = append(others, fmt.Sprintf("%s (no proof of this cluster's API credentials)", m.Name))
 			continue
 		}
 		cands = append(cands, m)

@@ -168,12 +168,23 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) (int,
 		if errors.Is(err, context.DeadlineExceeded) {
 			return 0, fmt.Errorf("pgha agent at %s did not answer in time: %w", c.base, err)
 		}
+		var verr *tls.CertificateVerificationError
+		var rerr tls.RecordHeaderError
+		switch {
+		case errors.As(err, &verr):
+			return 0, fmt.Errorf("cannot verify the certificate of the pgha agent at %s (pass --ca-file with the cluster CA, or -c with a node's configuration): %w", c.base, err)
+		case errors.As(err, &rerr) || strings.Contains(err.Error(), "HTTP response to HTTPS client"):
+			return 0, fmt.Errorf("the pgha agent at %s does not speak https (no tls configured there? drop --ca-file): %w", c.base, err)
+		}
 		return 0, fmt.Errorf("cannot reach the pgha agent at %s (is `pgha run` running there? set --api or PGHA_API): %w", c.base, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return resp.StatusCode, fmt.Errorf("read answer from %s: %w", c.base, err)
+	}
+	if resp.StatusCode == http.StatusBadRequest && bytes.Contains(data, []byte("HTTP request to an HTTPS server")) {
+		return resp.StatusCode, fmt.Errorf("the pgha agent at %s serves https: pass --ca-file with the cluster CA (or -c with a node's configuration)", c.base)
 	}
 	if resp.StatusCode/100 != 2 {
 		var eb ErrorBody

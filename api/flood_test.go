@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -86,5 +88,27 @@ func TestFloodLeavesAPIResponsive(t *testing.T) {
 	}
 	if n := len(joins.list()); n != 0 {
 		t.Errorf("backend called %d times with huge bodies", n)
+	}
+}
+
+// TestClientTLSHints: the usual TLS mistakes get a message that says what
+// to pass, not "is pgha running?".
+func TestClientTLSHints(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	hostport := strings.TrimPrefix(srv.URL, "https://")
+	_, err := api.NewClient(hostport).Cluster(ctxFor(t))
+	if err == nil || !strings.Contains(err.Error(), "serves https: pass --ca-file") {
+		t.Errorf("http to an https agent: %v", err)
+	}
+	_, err = api.NewClient(srv.URL).Cluster(ctxFor(t))
+	if err == nil || !strings.Contains(err.Error(), "cannot verify the certificate") {
+		t.Errorf("https without the CA: %v", err)
+	}
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer plain.Close()
+	_, err = api.NewClient("https://" + strings.TrimPrefix(plain.URL, "http://")).Cluster(ctxFor(t))
+	if err == nil || !strings.Contains(err.Error(), "does not speak https") {
+		t.Errorf("https to a plain agent: %v", err)
 	}
 }

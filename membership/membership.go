@@ -37,8 +37,9 @@ type Meta struct {
 	Expect  int    `json:"e,omitempty"`  // bootstrap_expect
 	HasRaft bool   `json:"hr,omitempty"` // has a Raft configuration
 	Join    bool   `json:"j,omitempty"`  // asks the leader to add it to Raft
-	// JoinProof shows that a joining node holds the cluster's API
-	// credentials (see agent.joinProof); set only while Join is.
+	// JoinProof shows that a joining node or a bootstrap candidate holds
+	// the cluster's API credentials (see agent.joinProof); set only
+	// before the node is in Raft.
 	JoinProof string `json:"jp,omitempty"`
 	Leaving   bool   `json:"l,omitempty"`  // leaving: do not re-add
 	Seen      string `json:"ss,omitempty"` // hash of the bootstrap candidates this node sees

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -54,6 +55,13 @@ func apiClient(c *cli.Context) (*api.Client, error) {
 	}
 	if addr == "" {
 		addr = config.Default().API.Addr
+	}
+	if !strings.Contains(addr, "://") {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			// "--api db1": the API's default port, not http's 80.
+			_, port, _ := net.SplitHostPort(config.Default().API.Addr)
+			addr = net.JoinHostPort(addr, port)
+		}
 	}
 	var o api.ClientOptions
 	var err error

@@ -76,6 +76,7 @@ func demoCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "nodes", Value: 3, Usage: "number of nodes"},
 			&cli.StringFlag{Name: "dir", Value: filepath.Join(os.TempDir(), "pgha-demo"), Usage: "working `DIR` (reused when its shape matches, cleaned otherwise)"},
+			&cli.BoolFlag{Name: "fresh", Usage: "start a new cluster: clean DIR first (only a demo's directory is ever cleaned)"},
 			&cli.IntFlag{Name: "port-base", Value: 15000, Usage: "first port; node i uses port-base+10*(i-1) .. +5"},
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up if the cluster is not ready after this long"},
 			&cli.BoolFlag{Name: "exit-when-ready", Usage: "stop the cluster as soon as it is ready (for scripts and benchmarks)"},
@@ -100,6 +101,14 @@ func runDemo(c *cli.Context) error {
 	dir, err := filepath.Abs(c.String("dir"))
 	if err != nil {
 		return err
+	}
+	if c.Bool("fresh") {
+		if _, err := os.Stat(filepath.Join(dir, "demo.json")); err == nil {
+			fmt.Printf("pgha demo: --fresh: cleaning %s\n", dir)
+			if err := os.RemoveAll(dir); err != nil {
+				return err
+			}
+		}
 	}
 	st, err := prepareDemoDir(dir, n, base)
 	if err != nil {
@@ -138,7 +147,11 @@ func runDemo(c *cli.Context) error {
 		done chan struct{}
 	}
 	procs := make([]*demoProc, n)
-	exited := make(chan int, n)
+	type exit struct {
+		i      int
+		status string // "exit status 1", "signal: killed"
+	}
+	exited := make(chan exit, n)
 	stopAll := func() {
 		for _, p := range procs {
 			if p != nil {
@@ -174,9 +187,12 @@ func runDemo(c *cli.Context) error {
 		p := &demoProc{cmd: cmd, done: make(chan struct{})}
 		procs[i] = p
 		go func() {
-			_ = cmd.Wait()
+			status := "exited"
+			if err := cmd.Wait(); err != nil {
+				status = err.Error()
+			}
 			close(p.done)
-			exited <- i
+			exited <- exit{i, status}
 		}()
 		return nil
 	}
@@ -214,8 +230,8 @@ func runDemo(c *cli.Context) error {
 		select {
 		case <-sigs:
 			o.signalled = true
-		case i := <-exited:
-			o.failed = nodes[i].Name
+		case e := <-exited:
+			o.failed = nodes[e.i].Name
 		case <-ctx.Done():
 		}
 		cancel()
@@ -269,9 +285,10 @@ func runDemo(c *cli.Context) error {
 			stopAll()
 			fmt.Println("pgha demo: stopped; run it again to restart the same cluster")
 			return nil
-		case i := <-exited:
+		case e := <-exited:
+			i := e.i
 			name := nodes[i].Name
-			fmt.Printf("\npgha demo: agent %s exited: %s\n", name, lastLines(nodes[i].LogPath, 3))
+			fmt.Printf("\npgha demo: agent %s ended (%s); its log: %s\n", name, e.status, nodes[i].LogPath)
 			fmt.Printf("pgha demo: the others carry on (watch: %s list --watch --api %s)\n", selfName(), cf.Nodes[(i+1)%n].API)
 			if restartAfter > 0 {
 				fmt.Printf("pgha demo: restarting %s in %s\n", name, restartAfter)
