@@ -126,7 +126,10 @@ func (a *Agent) manageSync(ctx context.Context, in Input) error {
 		// off by a partition that drops packets until wal_sender_timeout
 		// (a minute by default), while every commit waits for it. Its
 		// gossip goes stale within staleAfter: that is the quicker
-		// verdict, and dropping a standby from the set is always safe.
+		// verdict. Dropping a standby from the set never loses a commit
+		// (the FSM changes first); with the set empty and strict mode off
+		// commits go on unreplicated-synchronously, and no member is a
+		// failover candidate until a standby is back in the set.
 		g, seen := in.Gossip[r.ApplicationName]
 		if member && !m.Witness && r.State == "streaming" && r.ApplicationName != a.cfg.Name && seen && g.Alive {
 			healthy[r.ApplicationName] = r

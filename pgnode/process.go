@@ -197,8 +197,9 @@ func (n *Node) launch(ctx context.Context) (*postmaster, error) {
 		// after the credential change, which would otherwise clear it.
 		Pdeathsig: syscall.SIGQUIT,
 		// Own process group: a Ctrl-C on the agent's terminal reaches
-		// the agent only (which then stops postgres its way), and a
-		// last-resort SIGKILL can reach every backend.
+		// the agent only (which then stops postgres its way). Backends
+		// setsid() into groups of their own: the emergency paths signal
+		// them by PID (signalTree).
 		Setpgid: true,
 	}
 	pm := &postmaster{logOffset: off, done: make(chan struct{}), unexpected: make(chan struct{})}
@@ -387,7 +388,7 @@ func (n *Node) logTail(offset int64) string {
 // Stop shuts PostgreSQL down with mode and waits until it has exited. A
 // shutdown that takes longer than StopTimeout (or ctx) is escalated:
 // smart -> fast -> immediate, then, as a last resort, SIGKILL to the
-// process group. A postmaster that is not our child (see Start) is
+// postmaster and each of its backends (signalTree). A postmaster that is not our child (see Start) is
 // stopped with pg_ctl. No-op when nothing runs.
 func (n *Node) Stop(ctx context.Context, mode StopMode) error {
 	// Our own session would delay a smart shutdown: drop it first.
