@@ -154,23 +154,7 @@ func (e *chaosEnv) exitedUnexpectedly() error {
 
 // info asks the running agents, except those in skip, for the cluster view.
 func (e *chaosEnv) info(skip ...string) (api.ClusterInfo, error) {
-	var lastErr error
-	for _, nd := range e.c.Nodes {
-		if nd.cmd == nil || nsContains(skip, nd.Name) {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		ci, err := e.client(nd).Cluster(ctx)
-		cancel()
-		if err == nil {
-			return ci, nil
-		}
-		lastErr = fmt.Errorf("%s: %w", nd.Name, err)
-	}
-	if lastErr == nil {
-		lastErr = errors.New("no agent reachable")
-	}
-	return api.ClusterInfo{}, lastErr
+	return firstClusterView(e.c.Nodes, e.client, skip)
 }
 
 // pgConfig is a pgx configuration for port on nd as the superuser. With

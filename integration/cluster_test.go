@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -296,21 +297,28 @@ func (nd *Node) DSN() string {
 
 // Cluster asks any running agent for the cluster view.
 func (c *Cluster) Info() (api.ClusterInfo, error) {
+	return firstClusterView(c.Nodes, (*Node).Client, nil)
+}
+
+// firstClusterView asks the running agents of nodes, except those named
+// in skip (cut off from the test process), for the cluster view through
+// client, and returns the first answer.
+func firstClusterView(nodes []*Node, client func(*Node) *api.Client, skip []string) (api.ClusterInfo, error) {
 	var lastErr error
-	for _, nd := range c.Nodes {
-		if nd.cmd == nil {
+	for _, nd := range nodes {
+		if nd.cmd == nil || slices.Contains(skip, nd.Name) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		ci, err := nd.Client().Cluster(ctx)
+		ci, err := client(nd).Cluster(ctx)
 		cancel()
 		if err == nil {
 			return ci, nil
 		}
-		lastErr = err
+		lastErr = fmt.Errorf("%s: %w", nd.Name, err)
 	}
 	if lastErr == nil {
-		lastErr = errors.New("no agent running")
+		lastErr = errors.New("no agent reachable")
 	}
 	return api.ClusterInfo{}, lastErr
 }

@@ -362,23 +362,7 @@ func (nc *nsCluster) DSN(nd *Node) string {
 // Info asks the running agents, except those named in skip (cut off from
 // the test process), for the cluster view.
 func (nc *nsCluster) Info(skip ...string) (api.ClusterInfo, error) {
-	var lastErr error
-	for _, nd := range nc.c.Nodes {
-		if nd.cmd == nil || nsContains(skip, nd.Name) {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		ci, err := nc.Client(nd).Cluster(ctx)
-		cancel()
-		if err == nil {
-			return ci, nil
-		}
-		lastErr = fmt.Errorf("%s: %w", nd.Name, err)
-	}
-	if lastErr == nil {
-		lastErr = errors.New("no agent reachable")
-	}
-	return api.ClusterInfo{}, lastErr
+	return firstClusterView(nc.c.Nodes, nc.Client, skip)
 }
 
 func nsContains(list []string, s string) bool {
