@@ -365,15 +365,6 @@ func (nc *nsCluster) Info(skip ...string) (api.ClusterInfo, error) {
 	return firstClusterView(nc.c.Nodes, nc.Client, skip)
 }
 
-func nsContains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 // WaitHealthy is Cluster.WaitHealthy over the bridge: exactly one primary
 // running among names, every other one streaming, and each agent agrees
 // about itself.
