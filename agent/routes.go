@@ -46,9 +46,14 @@ func (a *Agent) routes() proxy.Routes {
 		return r
 	}
 	gossip := a.gossipByName()
-	if g, ok := gossip[st.Primary.Member]; ok && g.Alive && g.Meta.Role == "primary" && g.Meta.PGState == "running" && !st.Primary.Demoting {
+	if g, ok := gossip[st.Primary.Member]; ok && g.Alive && g.Meta.Role == "primary" && g.Meta.PGState == "running" {
 		if m, ok := st.Members[st.Primary.Member]; ok && m.PGAddr != "" && a.leaderContact() {
-			r.Primary = &proxy.Backend{Name: st.Primary.Member, Addr: m.PGAddr}
+			b := &proxy.Backend{Name: st.Primary.Member, Addr: m.PGAddr}
+			if st.Primary.Demoting {
+				r.Draining = b // switchover: hold new connections, keep open ones
+			} else {
+				r.Primary = b
+			}
 		}
 	}
 	primaryWAL := primaryPosition(st, gossip)

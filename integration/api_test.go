@@ -198,10 +198,14 @@ func TestHealthEndpoints(t *testing.T) {
 	expect(down, "/read-only", 503)
 	expect(down, "/liveness", 200)
 	expect(p, "/primary", 200)
-	out, _, code := cli(t, "check", fmt.Sprintf("--api=127.0.0.1:%d", down.API))
-	if code != 2 || !strings.Contains(out, "CRITICAL") {
-		t.Errorf("check with PostgreSQL down: exit %d\n%s", code, out)
-	}
+	// /check reuses an inspection for a second: ask until it is fresh.
+	waitFor(t, 10*time.Second, "check CRITICAL with PostgreSQL down", func() error {
+		out, _, code := cli(t, "check", fmt.Sprintf("--api=127.0.0.1:%d", down.API))
+		if code != 2 || !strings.Contains(out, "CRITICAL") {
+			return fmt.Errorf("exit %d\n%s", code, out)
+		}
+		return nil
+	})
 	// The primary sees the replica gone: slot inactive, sender missing.
 	waitFor(t, 15*time.Second, "primary's check warns", func() error {
 		out, _, code := cli(t, "check", fmt.Sprintf("--api=127.0.0.1:%d", p.API))

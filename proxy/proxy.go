@@ -26,6 +26,12 @@ type Routes struct {
 	// no primary right now (or the agent is in doubt): new write
 	// connections are held, existing ones are closed.
 	Primary *Backend
+	// Draining, set only when Primary is nil, is a primary about to stop
+	// for a switchover: new write connections are held, but connections
+	// already open to it (a client half-way through authentication
+	// included) are left alone; the server ends them itself when it
+	// stops, with a clean error, or they finish their work first.
+	Draining *Backend
 	// Replicas are the healthy replicas behind the read port.
 	Replicas []Backend
 }

@@ -635,3 +635,34 @@ func TestDialFailureRetriedOnNewRoutes(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestDrainingKeepsOpenConnectionsAndHoldsNewOnes: while a primary is
+// being switched over, connections already open to it (some still
+// authenticating) stay; new ones wait for the next primary.
+func TestDrainingKeepsOpenConnectionsAndHoldsNewOnes(t *testing.T) {
+	checkLeaks(t)
+	a, b := newFake(t, "a"), newFake(t, "b")
+	p, _ := startProxy(t, proxy.Config{HoldTimeout: 20 * time.Second})
+	w, _ := p.Addrs()
+	p.SetRoutes(proxy.Routes{Primary: a.ptr()})
+	open, name := session(t, w)
+	if name != "a" {
+		t.Fatalf("reached %q, want a", name)
+	}
+	p.SetRoutes(proxy.Routes{Draining: a.ptr()})
+	held := dial(t, w)
+	if _, err := held.Write(startupHeader()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, "the new client to be held", func() bool { return p.Stats().Write.HeldNow == 1 })
+	if err := echo(open, "still here"); err != nil {
+		t.Fatalf("the open connection was closed when the primary started draining: %v", err)
+	}
+	p.SetRoutes(proxy.Routes{Primary: b.ptr()})
+	if name, err := readLine(held, 3*time.Second); err != nil || name != "b" {
+		t.Fatalf("held client read %q, %v; want b", name, err)
+	}
+	if err := closedWithin(open, 2*time.Second); err != nil {
+		t.Fatalf("connection to the drained primary after the change: %v", err)
+	}
+}

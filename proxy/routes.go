@@ -87,10 +87,17 @@ func (p *Proxy) SetRoutes(r Routes) {
 	var closingW, closingR int64
 	if p.write != nil {
 		var one []Backend
-		if nr.Primary != nil {
+		switch {
+		case nr.Primary != nil:
 			one = []Backend{*nr.Primary}
+			closingW = p.write.apply(p.root, one, one, one)
+		case nr.Draining != nil:
+			// Live (its connections stay), not pickable (new ones wait).
+			one = []Backend{*nr.Draining}
+			closingW = p.write.apply(p.root, one, nil, one)
+		default:
+			closingW = p.write.apply(p.root, nil, nil, nil)
 		}
-		closingW = p.write.apply(p.root, one, one, one)
 	}
 	if p.read != nil {
 		live := slices.Clone(nr.Replicas)
@@ -107,6 +114,7 @@ func (p *Proxy) SetRoutes(r Routes) {
 	}
 	p.log.Info("proxy routes changed",
 		"primary", describe(old.Primary)+" -> "+describe(nr.Primary),
+		"draining", describe(nr.Draining),
 		"replicas", describeList(old.Replicas)+" -> "+describeList(nr.Replicas),
 		"closing_write", closingW, "closing_read", closingR)
 }
@@ -122,6 +130,13 @@ func normalize(r Routes) Routes {
 			b.Name = b.Addr
 		}
 		out.Primary = &b
+	}
+	if r.Draining != nil && r.Draining.Addr != "" && out.Primary == nil {
+		b := *r.Draining
+		if b.Name == "" {
+			b.Name = b.Addr
+		}
+		out.Draining = &b
 	}
 	for _, b := range r.Replicas {
 		if b.Addr == "" {
@@ -144,6 +159,9 @@ func routesEqual(a, b Routes) bool {
 		return false
 	}
 	if a.Primary != nil && *a.Primary != *b.Primary {
+		return false
+	}
+	if (a.Draining == nil) != (b.Draining == nil) || (a.Draining != nil && *a.Draining != *b.Draining) {
 		return false
 	}
 	return slices.Equal(a.Replicas, b.Replicas)
