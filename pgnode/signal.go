@@ -60,14 +60,23 @@ func parentOf(pid int) int {
 }
 
 // signalTree sends sig to the postmaster's process group and to each of
-// its children (listed before the postmaster is signalled, so children
-// of a postmaster that dies at once are not missed). A process already
-// gone is not an error.
+// its children. A process already gone is not an error. The postmaster
+// is signalled first, without waiting for the /proc scan (milliseconds
+// during which a resumed server could still commit): after SIGQUIT it
+// lives on while it waits for its children, so they are still found as
+// its children. SIGKILL ends it at once and the kernel reparents its
+// children, so for SIGKILL they are listed before.
 func signalTree(pid int, sig syscall.Signal) error {
-	children := childPIDs(pid)
+	var children []int
+	if sig == syscall.SIGKILL {
+		children = childPIDs(pid)
+	}
 	err := syscall.Kill(-pid, sig)
 	if errors.Is(err, syscall.ESRCH) {
 		err = nil
+	}
+	if sig != syscall.SIGKILL {
+		children = childPIDs(pid)
 	}
 	for _, c := range children {
 		if cerr := syscall.Kill(c, sig); cerr != nil && !errors.Is(cerr, syscall.ESRCH) {
