@@ -17,9 +17,6 @@ type Credentials struct {
 	Token string
 }
 
-// Enabled reports whether any credential is configured.
-func (c Credentials) Enabled() bool { return c.Basic != "" || c.Token != "" }
-
 // authenticator checks the Authorization header. It compares digests in
 // constant time, so neither the length nor a prefix of a secret leaks
 // through response timing.

@@ -50,15 +50,6 @@ var healthRoutes = map[string]healthCheck{
 	"/patroni":        func(*HealthInfo, url.Values, time.Time) (bool, string) { return true, "" },
 }
 
-// HealthPaths lists the health endpoints (for docs and tests).
-func HealthPaths() []string {
-	out := make([]string, 0, len(healthRoutes))
-	for p := range healthRoutes {
-		out = append(out, p)
-	}
-	return out
-}
-
 // EvalHealth runs the check of path against h with the query q. ok is
 // false with a reason; err is a malformed query (a 400).
 func EvalHealth(path string, h *HealthInfo, q url.Values, now time.Time) (ok bool, reason string, err error) {

@@ -221,24 +221,6 @@ func verifyChain(certs []*x509.Certificate, roots *x509.CertPool, eku x509.ExtKe
 	return nil
 }
 
-// ServerConfig loads f and returns Server().
-func ServerConfig(f Files) (*tls.Config, error) {
-	b, err := Load(f)
-	if err != nil {
-		return nil, err
-	}
-	return b.Server(), nil
-}
-
-// ClientConfig loads f and returns Client().
-func ClientConfig(f Files) (*tls.Config, error) {
-	b, err := Load(f)
-	if err != nil {
-		return nil, err
-	}
-	return b.Client(), nil
-}
-
 // CAPool reads a PEM file of CA certificates, for clients that verify a
 // server but present no certificate of their own (the CLI's --ca-file).
 func CAPool(path string) (*x509.CertPool, error) {
