@@ -341,11 +341,18 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error
 // primary running and every other listed member streaming.
 func (c *Cluster) WaitHealthy(timeout time.Duration, names ...string) api.ClusterInfo {
 	c.t.Helper()
+	return waitHealthy(c.t, c, timeout, names, (*Node).Client, func() (api.ClusterInfo, error) { return c.Info() })
+}
+
+// waitHealthy is WaitHealthy for any way of reaching the agents (loopback
+// or network namespaces).
+func waitHealthy(t *testing.T, c *Cluster, timeout time.Duration, names []string, client func(*Node) *api.Client, info func() (api.ClusterInfo, error)) api.ClusterInfo {
+	t.Helper()
 	var ci api.ClusterInfo
-	waitFor(c.t, timeout, fmt.Sprintf("members %v healthy", names), func() error {
+	waitFor(t, timeout, fmt.Sprintf("members %v healthy", names), func() error {
 		c.failIfExited()
 		var err error
-		ci, err = c.Info()
+		ci, err = info()
 		if err != nil {
 			return err
 		}
@@ -378,7 +385,7 @@ func (c *Cluster) WaitHealthy(timeout time.Duration, names ...string) api.Cluste
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			h, ok, err := nd.Client().Health(ctx)
+			h, ok, err := client(nd).Health(ctx)
 			cancel()
 			if err != nil || !ok || (h.State != "running" && h.State != "streaming") {
 				return fmt.Errorf("%s says %s (%v, %v)", n, h.State, ok, err)

@@ -370,50 +370,7 @@ func (nc *nsCluster) Info(skip ...string) (api.ClusterInfo, error) {
 // about itself.
 func (nc *nsCluster) WaitHealthy(timeout time.Duration, names ...string) api.ClusterInfo {
 	nc.t.Helper()
-	var ci api.ClusterInfo
-	waitFor(nc.t, timeout, fmt.Sprintf("members %v healthy", names), func() error {
-		nc.c.failIfExited()
-		var err error
-		ci, err = nc.Info()
-		if err != nil {
-			return err
-		}
-		byName := map[string]api.MemberInfo{}
-		for _, m := range ci.Members {
-			byName[m.Name] = m
-		}
-		primaries := 0
-		for _, n := range names {
-			m, ok := byName[n]
-			if !ok {
-				return fmt.Errorf("%s not listed yet", n)
-			}
-			switch {
-			case m.Role == "leader" && m.State == "running":
-				primaries++
-			case m.Role == "replica" && m.State == "streaming":
-			default:
-				return fmt.Errorf("%s is %s/%s (%s%s)", n, m.Role, m.State, m.Waiting, m.Error)
-			}
-		}
-		if primaries != 1 {
-			return fmt.Errorf("%d primaries among %v", primaries, names)
-		}
-		for _, n := range names {
-			nd := nc.Node(n)
-			if nd.cmd == nil {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			h, ok, err := nc.Client(nd).Health(ctx)
-			cancel()
-			if err != nil || !ok || (h.State != "running" && h.State != "streaming") {
-				return fmt.Errorf("%s says %s (%v, %v)", n, h.State, ok, err)
-			}
-		}
-		return nil
-	})
-	return ci
+	return waitHealthy(nc.t, nc.c, timeout, names, nc.Client, func() (api.ClusterInfo, error) { return nc.Info() })
 }
 
 // PsqlInNS runs one SQL statement against nd's PostgreSQL with psql
