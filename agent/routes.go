@@ -95,6 +95,7 @@ func newProxy(cfg *config.Config, a *Agent) (*proxy.Proxy, error) {
 		HoldTimeout:         cfg.Proxy.HoldTimeout.Duration,
 		MaxConn:             cfg.Proxy.MaxConn,
 		ReadFallbackPrimary: cfg.Proxy.ReadFallbackPrimary,
+		Loops:               eventLoops(cfg.Proxy.EventLoops),
 		Logger:              a.log.With("component", "proxy"),
 	})
 }
@@ -125,4 +126,13 @@ func behind(primary, lsn uint64) int64 {
 		return int64(primary - lsn)
 	}
 	return 0
+}
+
+// eventLoops maps proxy.event_loops (0: none) to proxy.Config.Loops
+// (0: the default, negative: none).
+func eventLoops(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }

@@ -164,6 +164,9 @@ type Proxy struct {
 	ReadFallbackPrimary bool `yaml:"read_fallback_primary"`
 	// MaxConn bounds the client connections of each port.
 	MaxConn int `yaml:"max_conn"`
+	// EventLoops is how many threads copy the proxied bytes (Linux);
+	// 0 copies each connection with two goroutines instead.
+	EventLoops int `yaml:"event_loops"`
 }
 
 // Tags are per-member behaviour switches, gossiped and shown in `pgha list`.
@@ -201,7 +204,7 @@ func Default() Config {
 			StartTimeout:       Duration{60 * time.Second},
 		},
 		Proxy: Proxy{WriteAddr: "127.0.0.1:5000", ReadAddr: "127.0.0.1:5001", HoldTimeout: Duration{30 * time.Second},
-			MaxReplicaLag: "16MB", ReadFallbackPrimary: true, MaxConn: 1000},
+			MaxReplicaLag: "16MB", ReadFallbackPrimary: true, MaxConn: 1000, EventLoops: 1},
 		Tags: Tags{FailoverPriority: 1},
 	}
 }

@@ -547,7 +547,7 @@ func TestKeys(t *testing.T) {
 		t.Error("sections must not be listed as keys")
 	}
 	// Every key can be set through the environment.
-	if n := len(byKey); n != 49 {
+	if n := len(byKey); n != 50 {
 		t.Errorf("got %d keys; update this count when adding settings", n)
 	}
 }

@@ -155,6 +155,9 @@ func (c *Config) Validate() error {
 	if c.Proxy.MaxConn < 1 {
 		v.fail("proxy.max_conn", "must be at least 1, got %d", c.Proxy.MaxConn)
 	}
+	if c.Proxy.EventLoops < 0 || c.Proxy.EventLoops > 64 {
+		v.fail("proxy.event_loops", "must be between 0 and 64, got %d", c.Proxy.EventLoops)
+	}
 	if _, err := ParseSize(c.Proxy.MaxReplicaLag); err != nil {
 		v.fail("proxy.max_replica_lag", "%v: write e.g. 16MB", err)
 	}

@@ -117,19 +117,63 @@ func (p *Proxy) dial(t *target) (*net.TCPConn, error) {
 	return tc, nil
 }
 
-// pipe forwards the bytes already read, then relays both directions
-// until both have ended. relay copies small messages through a buffer
-// and hands bulk to splice(2) between the two *net.TCPConn, so bulk
-// bytes never enter user space; nothing may wrap the sockets on this
-// path (see relay).
+// pipe forwards the bytes already read, then copies both directions
+// until both have ended: in an event loop (Linux), or with a goroutine
+// per direction. Both copy small messages through a buffer and hand bulk
+// to splice(2), so bulk bytes never enter user space; nothing may wrap
+// the sockets on this path (see relay and evloop).
 func (p *Proxy) pipe(pt *port, t *target, client, server *net.TCPConn, first header) {
 	start := time.Now()
-	// The generation's close channel: a routing change that removes t,
-	// or Close, closes both sockets, which ends both copies at once.
-	defer closeOnDone(t.ctx, client, server)()
+	// The generation's close channel (t.ctx): a routing change that
+	// removes t, or Close, closes both sockets, which ends both
+	// directions at once.
 	p.log.Debug("proxy connection opened", "port", pt.name, "client", client.RemoteAddr().String(), "backend", t.b.Name, "addr", t.b.Addr)
 
-	var up int64
+	var up, down int64
+	if l := p.pickLoop(); l != nil {
+		up, down = copyInLoop(l, t.ctx, client, server, first)
+	} else {
+		up, down = copyWithGoroutines(t.ctx, client, server, first)
+	}
+	t.st.bytesIn.Add(up)
+	t.st.bytesOut.Add(down)
+	args := []any{"port", pt.name, "client", client.RemoteAddr().String(), "backend", t.b.Name,
+		"bytes_in", up, "bytes_out", down, "duration", time.Since(start).Round(time.Millisecond)}
+	if t.ctx.Err() != nil && p.root.Err() == nil {
+		args = append(args, "reason", "backend left the routes")
+	}
+	p.log.Debug("proxy connection closed", args...)
+}
+
+// copyInLoop writes first to the server, hands both sockets to the
+// event loop l and waits until the loop has ended the session: both
+// directions finished, an error, or ctx ended (which asks the loop to
+// close both sockets). It returns the bytes delivered each way.
+func copyInLoop(l *evloop, ctx context.Context, client, server *net.TCPConn, first header) (up, down int64) {
+	n, err := server.Write(first[:])
+	if err != nil {
+		client.Close()
+		server.Close()
+		return int64(n), 0
+	}
+	s, err := l.newSession(client, server)
+	if err != nil {
+		return int64(n), 0
+	}
+	if err := l.add(s); err != nil {
+		s.closeFDs() // the loop stopped: the proxy is closing
+		return int64(n), 0
+	}
+	defer closeOnDone(ctx, s)()
+	<-s.done
+	return int64(n) + s.dir[0].n, s.dir[1].n
+}
+
+// copyWithGoroutines relays each direction in its own goroutine (the
+// calling one and one more) until both have ended; ctx ending closes
+// both sockets, which ends both at once.
+func copyWithGoroutines(ctx context.Context, client, server *net.TCPConn, first header) (up, down int64) {
+	defer closeOnDone(ctx, client, server)()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -147,15 +191,7 @@ func (p *Proxy) pipe(pt *port, t *target, client, server *net.TCPConn, first hea
 	<-done
 	client.Close()
 	server.Close()
-
-	t.st.bytesIn.Add(up)
-	t.st.bytesOut.Add(down)
-	args := []any{"port", pt.name, "client", client.RemoteAddr().String(), "backend", t.b.Name,
-		"bytes_in", up, "bytes_out", down, "duration", time.Since(start).Round(time.Millisecond)}
-	if t.ctx.Err() != nil && p.root.Err() == nil {
-		args = append(args, "reason", "backend left the routes")
-	}
-	p.log.Debug("proxy connection closed", args...)
+	return up, down
 }
 
 // finish ends one direction after relay(dst, src) returned. A clean

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -51,7 +52,12 @@ type Config struct {
 	// HandshakeTimeout bounds the wait for a client's first 8 bytes;
 	// default 10s. A client that sends nothing is closed after it.
 	HandshakeTimeout time.Duration
-	Logger           *slog.Logger
+	// Loops is how many event loops copy the proxied bytes (Linux; see
+	// DESIGN.md, "The event loop"). 0 takes the default (1); a negative
+	// value copies each connection with two goroutines instead, the
+	// only way off Linux.
+	Loops  int
+	Logger *slog.Logger
 }
 
 const (
@@ -60,6 +66,7 @@ const (
 	defaultMaxConn          = 1000
 	defaultKeepAlive        = 15 * time.Second
 	defaultHandshakeTimeout = 10 * time.Second
+	defaultLoops            = 1
 
 	// refuseTimeout bounds how long the proxy reads a startup packet it
 	// only needs in order to answer it with an error.
@@ -68,12 +75,13 @@ const (
 	// connection flood beyond MaxConn cannot cost more than that many
 	// goroutines and descriptors; beyond it clients are closed unanswered.
 	maxRefusing = 64
-	// finTimeout bounds the half-closed state: once one direction has
-	// ended cleanly, the other must end within it. PostgreSQL never
-	// half-closes on purpose, so this only reaps pairs whose peer went
-	// quiet (e.g. an idle pooled client that never reads the FIN).
-	finTimeout = 10 * time.Second
 )
+
+// finTimeout bounds the half-closed state: once one direction has ended
+// cleanly, the other must end within it. PostgreSQL never half-closes on
+// purpose, so this only reaps pairs whose peer went quiet (e.g. an idle
+// pooled client that never reads the FIN). A variable for tests.
+var finTimeout = 10 * time.Second
 
 func (c Config) withDefaults() (Config, error) {
 	if c.HoldTimeout == 0 {
@@ -90,6 +98,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	if c.Loops == 0 {
+		c.Loops = defaultLoops
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -121,6 +132,12 @@ type Proxy struct {
 	shutdown context.CancelFunc
 
 	write, read *port // nil when disabled
+
+	// loops copy the bytes of proxied connections (none when the
+	// platform has no event loop or Config.Loops < 0); next picks one
+	// round-robin.
+	loops []*evloop
+	next  atomic.Uint32
 
 	mu      sync.Mutex
 	routes  Routes // normalised, see SetRoutes
@@ -171,7 +188,36 @@ func New(cfg Config) (*Proxy, error) {
 		p.shutdown()
 		return nil, err
 	}
+	for range max(cfg.Loops, 0) {
+		l, err := newEvloop()
+		if err != nil {
+			// No event loop here (not Linux, or out of descriptors):
+			// the goroutine copy works everywhere.
+			p.log.Debug("proxy copies with goroutines", "reason", err)
+			p.closeLoops()
+			break
+		}
+		p.loops = append(p.loops, l)
+	}
 	return p, nil
+}
+
+// closeLoops stops loops that never ran (run closes its own otherwise).
+func (p *Proxy) closeLoops() {
+	for _, l := range p.loops {
+		l.stop()
+		l.run() // returns at once: stopped, with no session
+	}
+	p.loops = nil
+}
+
+// pickLoop returns the event loop for a new connection, nil for the
+// goroutine copy.
+func (p *Proxy) pickLoop() *evloop {
+	if len(p.loops) == 0 {
+		return nil
+	}
+	return p.loops[int(p.next.Add(1))%len(p.loops)]
 }
 
 // Addrs returns the addresses actually listened on ("" for a disabled
@@ -199,6 +245,13 @@ func (p *Proxy) Serve(ctx context.Context) {
 	p.serving = true
 	// Added under mu while not closed: Close's Wait never races an Add
 	// from zero.
+	for _, l := range p.loops {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			l.run()
+		}()
+	}
 	for _, pt := range p.ports() {
 		p.wg.Add(1)
 		go p.acceptLoop(pt)
@@ -230,7 +283,7 @@ func (p *Proxy) Close() error {
 // (which ends the accept loops). It does not wait.
 func (p *Proxy) stop() {
 	p.mu.Lock()
-	already := p.closed
+	already, serving := p.closed, p.serving
 	p.closed = true
 	p.mu.Unlock()
 	if already {
@@ -239,6 +292,16 @@ func (p *Proxy) stop() {
 	p.shutdown()
 	for _, pt := range p.ports() {
 		pt.ln.Close()
+	}
+	// The loops end every session they still carry (the generation
+	// contexts above have asked them to already); loops that never
+	// ran are closed here.
+	if serving {
+		for _, l := range p.loops {
+			l.stop()
+		}
+	} else {
+		p.closeLoops()
 	}
 }
 

@@ -529,8 +529,15 @@ func TestDialFailureAnswers08006(t *testing.T) {
 }
 
 // TestNoLeakedDescriptors runs 200 connections through both ports and
-// checks the process holds as many descriptors after Close as before.
+// checks the process holds as many descriptors after Close as before,
+// with the event loop and with the goroutine copy.
 func TestNoLeakedDescriptors(t *testing.T) {
+	for _, loops := range []int{0, -1} {
+		t.Run(fmt.Sprintf("loops=%d", loops), func(t *testing.T) { testNoLeakedDescriptors(t, loops) })
+	}
+}
+
+func testNoLeakedDescriptors(t *testing.T, loops int) {
 	checkLeaks(t)
 	countFDs := func() int {
 		// Linux splice moves bytes through pipes that net keeps in a
@@ -548,7 +555,7 @@ func TestNoLeakedDescriptors(t *testing.T) {
 	}
 	a, b := newFake(t, "a"), newFake(t, "b")
 	before := countFDs()
-	p, err := proxy.New(proxy.Config{WriteAddr: "127.0.0.1:0", ReadAddr: "127.0.0.1:0"})
+	p, err := proxy.New(proxy.Config{WriteAddr: "127.0.0.1:0", ReadAddr: "127.0.0.1:0", Loops: loops})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,649 @@
+//go:build linux
+
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// An evloop moves the bytes of many proxied connections from one
+// goroutine that waits on its own epoll set, as HAProxy's threads do.
+// See DESIGN.md, "The event loop".
+//
+// Why not a goroutine per direction: every message of a query/answer
+// exchange then costs a runtime wake-up (netpoller, scheduler, often a
+// futex to start a spinning thread) on top of the read and the send.
+// Under pgbench that overhead, not the copying, set the proxy's cost.
+// Here one epoll_wait reports every socket that is ready, and the loop
+// serves each with one read and one send, with no goroutine switch.
+//
+// Ownership: the loop owns each session's two descriptors (dups of the
+// sockets, taken out of Go's poller) from add until it closes them. Other
+// goroutines talk to it only through queue (add, kill, stop) and the
+// eventfd that wakes it. The goroutine that added a session waits on the
+// session's done channel, then reads its counters.
+type evloop struct {
+	epfd int
+	wake int // eventfd: queue has work
+
+	mu      sync.Mutex
+	queue   []loopOp
+	stopped bool
+	woken   atomic.Bool // a wake-up is written and not yet read
+
+	// Owned by the loop goroutine.
+	byFD     []*loopSession // session by descriptor number
+	sessions map[*loopSession]struct{}
+	scratch  []byte    // every buffered read lands here first
+	spare    [][]byte  // buffers of relayBufSize for unsent bytes
+	pipes    [][2]int  // empty splice pipes for reuse
+	halfOpen int       // sessions with one direction ended (fin timeout)
+	sweptAt  time.Time // last fin-timeout sweep
+}
+
+type loopOpKind int
+
+const (
+	opAdd loopOpKind = iota
+	opKill
+)
+
+type loopOp struct {
+	kind loopOpKind
+	s    *loopSession
+}
+
+// loopSession is one proxied connection inside a loop.
+type loopSession struct {
+	loop *evloop
+	fd   [2]int     // 0: client, 1: server
+	dir  [2]loopDir // dir[i] reads fd[i] and writes fd[1-i]
+	ev   [2]uint32  // epoll interest registered for fd[i]
+	// finAt is when the first direction ended; the other must end
+	// within finTimeout.
+	finAt time.Time
+	err   error
+	dead  bool
+	done  chan struct{}
+}
+
+// loopDir is one direction of a session.
+type loopDir struct {
+	pend   []byte // read, not yet sent; a slice of a spare buffer
+	buf    []byte // the spare buffer behind pend, to give back
+	pipe   [2]int // splice pipe while bulk flows, else {-1, -1}
+	inPipe int    // bytes spliced into pipe, not yet out of it
+	bulk   int    // > 0: splicing, bytes left in this chunk
+	eof    bool   // the source ended and the destination was shut for writing
+	n      int64  // bytes delivered to the destination
+}
+
+const (
+	loopEvents = 128
+	// maxSparePipes and maxSpareBufs bound what the loop keeps for reuse
+	// after bulk transfers and slow readers; the rest is freed.
+	maxSparePipes = 8
+	maxSpareBufs  = 64
+	// sweepEvery is how often the loop looks for half-closed sessions
+	// past finTimeout, while it has any.
+	sweepEvery = time.Second
+)
+
+var errLoopStopped = errors.New("proxy event loop stopped")
+
+func newEvloop() (*evloop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: epoll_create1: %w", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("proxy: eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wake)
+		return nil, fmt.Errorf("proxy: epoll_ctl: %w", err)
+	}
+	return &evloop{
+		epfd:     epfd,
+		wake:     wake,
+		sessions: map[*loopSession]struct{}{},
+		scratch:  make([]byte, relayBufSize),
+	}, nil
+}
+
+// detach takes a socket out of Go's poller: it returns a duplicate
+// descriptor (same socket, still non-blocking) and closes c, which
+// removes c's descriptor from the runtime's epoll set, so the runtime is
+// not woken by traffic the loop handles.
+func detach(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(f uintptr) {
+		fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("dup socket: %w", derr)
+	}
+	c.Close()
+	return fd, nil
+}
+
+// newSession detaches client and server (closing both on failure) and
+// returns a session for add.
+func (l *evloop) newSession(client, server *net.TCPConn) (*loopSession, error) {
+	cfd, err := detach(client)
+	if err != nil {
+		client.Close()
+		server.Close()
+		return nil, err
+	}
+	sfd, err := detach(server)
+	if err != nil {
+		unix.Close(cfd)
+		server.Close()
+		return nil, err
+	}
+	s := &loopSession{loop: l, fd: [2]int{cfd, sfd}, done: make(chan struct{})}
+	for i := range s.dir {
+		s.dir[i].pipe = [2]int{-1, -1}
+	}
+	return s, nil
+}
+
+// add hands s to the loop. After a nil return the loop owns s's
+// descriptors and closes s.done when the session ends; on error the
+// caller still owns them (see closeFDs).
+func (l *evloop) add(s *loopSession) error {
+	return l.send(loopOp{opAdd, s})
+}
+
+// Close asks the loop to end s (both sockets closed at once). It does not
+// wait; s.done closes when it is done. It satisfies io.Closer for
+// closeOnDone.
+func (s *loopSession) Close() error {
+	s.loop.send(loopOp{opKill, s})
+	return nil
+}
+
+// closeFDs closes the descriptors of a session the loop never took.
+func (s *loopSession) closeFDs() {
+	unix.Close(s.fd[0])
+	unix.Close(s.fd[1])
+}
+
+func (l *evloop) send(op loopOp) error {
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return errLoopStopped
+	}
+	l.queue = append(l.queue, op)
+	l.mu.Unlock()
+	l.poke()
+	return nil
+}
+
+// poke wakes the loop unless a wake-up is already pending.
+func (l *evloop) poke() {
+	if l.woken.Swap(true) {
+		return
+	}
+	one := [8]byte{1}
+	unix.Write(l.wake, one[:])
+}
+
+// stop makes run end every session and return. It does not wait.
+func (l *evloop) stop() {
+	l.mu.Lock()
+	l.stopped = true
+	l.mu.Unlock()
+	l.poke()
+}
+
+// run serves the loop's sessions until stop, then closes every session
+// (and any it was still to add) and the loop's own descriptors.
+func (l *evloop) run() {
+	defer l.shutdown()
+	events := make([]unix.EpollEvent, loopEvents)
+	for {
+		// Under load the next events are often ready already: a raw
+		// non-blocking wait skips the runtime's syscall bookkeeping.
+		// Only an empty answer pays for a blocking wait.
+		n, err := epollWaitNow(l.epfd, events)
+		if err == nil && n == 0 {
+			timeout := -1
+			if l.halfOpen > 0 {
+				timeout = int(sweepEvery / time.Millisecond)
+			}
+			n, err = unix.EpollWait(l.epfd, events, timeout)
+		}
+		if err != nil && err != unix.EINTR {
+			// Cannot happen with valid arguments; ending every session
+			// beats spinning.
+			return
+		}
+		woken := false
+		for i := range n {
+			fd := int(events[i].Fd)
+			if fd == l.wake {
+				woken = true
+				continue
+			}
+			if fd < len(l.byFD) {
+				if s := l.byFD[fd]; s != nil {
+					l.serve(s, fd, events[i].Events)
+				}
+			}
+		}
+		// The queue last: a descriptor number closed above may already
+		// belong to a session waiting in it, and the stale events of
+		// this batch must not reach that one.
+		if woken && l.drain() {
+			return
+		}
+		if l.halfOpen > 0 {
+			l.sweep()
+		}
+	}
+}
+
+// drain runs the queued operations; true means stop.
+func (l *evloop) drain() bool {
+	var buf [8]byte
+	unix.Read(l.wake, buf[:])
+	l.woken.Store(false)
+	l.mu.Lock()
+	ops, stopped := l.queue, l.stopped
+	l.queue = nil
+	l.mu.Unlock()
+	for _, op := range ops {
+		switch op.kind {
+		case opAdd:
+			if stopped {
+				op.s.closeFDs()
+				op.s.dead = true
+				close(op.s.done)
+				continue
+			}
+			l.register(op.s)
+		case opKill:
+			l.end(op.s, errors.New("closed by the proxy"))
+		}
+	}
+	return stopped
+}
+
+func (l *evloop) register(s *loopSession) {
+	l.sessions[s] = struct{}{}
+	for i, fd := range s.fd {
+		for fd >= len(l.byFD) {
+			l.byFD = append(l.byFD, make([]*loopSession, len(l.byFD)+64)...)
+		}
+		l.byFD[fd] = s
+		s.ev[i] = unix.EPOLLIN
+		ev := unix.EpollEvent{Events: s.ev[i], Fd: int32(fd)}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			l.end(s, fmt.Errorf("epoll_ctl add: %w", err))
+			return
+		}
+	}
+}
+
+// serve handles the events of one of s's descriptors.
+func (l *evloop) serve(s *loopSession, fd int, ev uint32) {
+	i := 0
+	if fd == s.fd[1] {
+		i = 1
+	}
+	// Writable: flush what waits for this socket first, then read: the
+	// read side of this socket may have been waiting for nothing else.
+	if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		if !l.flush(s, 1-i) {
+			return
+		}
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		if !l.read(s, i) {
+			return
+		}
+	}
+	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 && !s.dead {
+		// Both directions of the socket are shut, or it was reset, and
+		// what it held has been read: nothing can be sent to it any more.
+		l.end(s, errors.New("connection reset or closed by peer"))
+		return
+	}
+	l.rearm(s)
+}
+
+// read serves direction i: one read of its source, sent on at once.
+// False means the session ended.
+func (l *evloop) read(s *loopSession, i int) bool {
+	d := &s.dir[i]
+	if d.eof || d.pend != nil || d.inPipe > 0 {
+		return true // waiting for the destination, or done
+	}
+	src, dst := s.fd[i], s.fd[1-i]
+	if d.bulk > 0 {
+		return l.spliceIn(s, i)
+	}
+	n, err := sysRead(uintptr(src), l.scratch)
+	switch {
+	case err == unix.EAGAIN:
+		return true
+	case err != nil:
+		l.end(s, fmt.Errorf("read: %w", err))
+		return false
+	case n == 0:
+		return l.ended(s, i)
+	}
+	w, err := sysWrite(uintptr(dst), l.scratch[:n])
+	if err == unix.EAGAIN {
+		w, err = 0, nil
+	}
+	if err != nil {
+		l.end(s, fmt.Errorf("send: %w", err))
+		return false
+	}
+	d.n += int64(w)
+	if w < n {
+		// The destination is full: keep the rest and wait for it.
+		d.buf = l.getBuf()
+		d.pend = d.buf[:copy(d.buf, l.scratch[w:n])]
+		return true
+	}
+	if n == len(l.scratch) {
+		// A full buffer: bulk. Splice the next chunk (see relay).
+		d.bulk = spliceChunk
+	}
+	return true
+}
+
+// ended passes on a clean EOF of direction i's source as a half-close of
+// its destination. False means the session ended.
+func (l *evloop) ended(s *loopSession, i int) bool {
+	d := &s.dir[i]
+	d.eof = true
+	if err := unix.Shutdown(s.fd[1-i], unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+		l.end(s, fmt.Errorf("shutdown: %w", err))
+		return false
+	}
+	if s.dir[1-i].eof {
+		l.end(s, nil)
+		return false
+	}
+	s.finAt = time.Now()
+	l.halfOpen++
+	return true
+}
+
+// spliceIn moves bulk bytes of direction i from its source into the
+// pipe and on to the destination, until one of them would block or the
+// chunk is done. False means the session ended.
+func (l *evloop) spliceIn(s *loopSession, i int) bool {
+	d := &s.dir[i]
+	if d.pipe[0] < 0 {
+		p, err := l.getPipe()
+		if err != nil {
+			l.end(s, err)
+			return false
+		}
+		d.pipe = p
+	}
+	for d.bulk > 0 {
+		n, err := unix.Splice(s.fd[i], nil, d.pipe[1], nil, d.bulk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch {
+		case err == unix.EAGAIN:
+			// The source is drained: the burst is over. Back to
+			// buffered reads, so an idle session holds no pipe.
+			l.leaveBulk(d)
+			return true
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			l.end(s, fmt.Errorf("splice: %w", err))
+			return false
+		case n == 0:
+			l.leaveBulk(d)
+			return l.ended(s, i)
+		}
+		d.inPipe += int(n)
+		d.bulk -= int(n)
+		if d.bulk <= 0 {
+			d.bulk = 0
+		}
+		if !l.flush(s, i) {
+			return false
+		}
+		if d.inPipe > 0 {
+			return true // the destination is full
+		}
+	}
+	l.leaveBulk(d)
+	return true
+}
+
+// leaveBulk returns a direction whose pipe is empty to buffered reads.
+func (l *evloop) leaveBulk(d *loopDir) {
+	d.bulk = 0
+	if d.pipe[0] >= 0 && d.inPipe == 0 {
+		l.putPipe(d.pipe)
+		d.pipe = [2]int{-1, -1}
+	}
+}
+
+// flush sends what direction i holds for its destination. False means
+// the session ended.
+func (l *evloop) flush(s *loopSession, i int) bool {
+	d := &s.dir[i]
+	dst := s.fd[1-i]
+	for len(d.pend) > 0 {
+		w, err := sysWrite(uintptr(dst), d.pend)
+		if err == unix.EAGAIN {
+			return true
+		}
+		if err != nil {
+			l.end(s, fmt.Errorf("send: %w", err))
+			return false
+		}
+		d.n += int64(w)
+		d.pend = d.pend[w:]
+	}
+	if d.buf != nil {
+		l.putBuf(d.buf)
+		d.buf, d.pend = nil, nil
+	}
+	for d.inPipe > 0 {
+		n, err := unix.Splice(d.pipe[0], nil, dst, nil, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch {
+		case err == unix.EAGAIN:
+			return true
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			l.end(s, fmt.Errorf("splice: %w", err))
+			return false
+		}
+		d.inPipe -= int(n)
+		d.n += n
+		splicedBytes.Add(n)
+	}
+	if d.bulk == 0 {
+		l.leaveBulk(d)
+	}
+	return true
+}
+
+// rearm brings the epoll interest of s's sockets in line with its
+// state: a source is read only when its direction holds nothing unsent,
+// a destination is watched for room only while it does. In the steady
+// state of a query/answer session both stay "readable" and no epoll_ctl
+// is made.
+func (l *evloop) rearm(s *loopSession) {
+	for i, fd := range s.fd {
+		var want uint32
+		if d := &s.dir[i]; !d.eof && d.pend == nil && d.inPipe == 0 {
+			want |= unix.EPOLLIN
+		}
+		if d := &s.dir[1-i]; d.pend != nil || d.inPipe > 0 {
+			want |= unix.EPOLLOUT
+		}
+		if want == s.ev[i] {
+			continue
+		}
+		s.ev[i] = want
+		ev := unix.EpollEvent{Events: want, Fd: int32(fd)}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
+			l.end(s, fmt.Errorf("epoll_ctl: %w", err))
+			return
+		}
+	}
+}
+
+// end closes s: both sockets at once, its buffers and pipes back to
+// the loop, then done.
+func (l *evloop) end(s *loopSession, err error) {
+	if s.dead {
+		return
+	}
+	s.dead = true
+	s.err = err
+	if !s.finAt.IsZero() {
+		l.halfOpen--
+	}
+	delete(l.sessions, s)
+	for i, fd := range s.fd {
+		if fd < len(l.byFD) && l.byFD[fd] == s {
+			l.byFD[fd] = nil
+		}
+		// Closing the only descriptor of a socket also removes it from
+		// the epoll set.
+		unix.Close(fd)
+		d := &s.dir[i]
+		if d.buf != nil {
+			l.putBuf(d.buf)
+			d.buf, d.pend = nil, nil
+		}
+		if d.pipe[0] >= 0 {
+			if d.inPipe == 0 {
+				l.putPipe(d.pipe)
+			} else {
+				unix.Close(d.pipe[0])
+				unix.Close(d.pipe[1])
+			}
+			d.pipe = [2]int{-1, -1}
+		}
+	}
+	close(s.done)
+}
+
+// sweep ends sessions that stayed half-closed beyond finTimeout.
+func (l *evloop) sweep() {
+	now := time.Now()
+	if now.Sub(l.sweptAt) < sweepEvery {
+		return
+	}
+	l.sweptAt = now
+	for s := range l.sessions {
+		if !s.finAt.IsZero() && now.Sub(s.finAt) > finTimeout {
+			l.end(s, errors.New("half-closed beyond the fin timeout"))
+		}
+	}
+}
+
+// shutdown ends every session, refuses new ones and closes the loop's
+// descriptors.
+func (l *evloop) shutdown() {
+	l.mu.Lock()
+	l.stopped = true
+	ops := l.queue
+	l.queue = nil
+	l.mu.Unlock()
+	for s := range l.sessions {
+		l.end(s, errLoopStopped)
+	}
+	for _, op := range ops {
+		if op.kind == opAdd && !op.s.dead {
+			op.s.closeFDs()
+			op.s.dead = true
+			close(op.s.done)
+		}
+	}
+	for _, p := range l.pipes {
+		unix.Close(p[0])
+		unix.Close(p[1])
+	}
+	l.pipes = nil
+	unix.Close(l.epfd)
+	unix.Close(l.wake)
+}
+
+func (l *evloop) getBuf() []byte {
+	if n := len(l.spare); n > 0 {
+		b := l.spare[n-1]
+		l.spare = l.spare[:n-1]
+		return b
+	}
+	return make([]byte, relayBufSize)
+}
+
+func (l *evloop) putBuf(b []byte) {
+	if len(l.spare) < maxSpareBufs {
+		l.spare = append(l.spare, b[:cap(b)])
+	}
+}
+
+func (l *evloop) getPipe() ([2]int, error) {
+	if n := len(l.pipes); n > 0 {
+		p := l.pipes[n-1]
+		l.pipes = l.pipes[:n-1]
+		return p, nil
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return p, fmt.Errorf("pipe2: %w", err)
+	}
+	return p, nil
+}
+
+func (l *evloop) putPipe(p [2]int) {
+	if len(l.pipes) < maxSparePipes {
+		l.pipes = append(l.pipes, p)
+		return
+	}
+	unix.Close(p[0])
+	unix.Close(p[1])
+}
+
+// epollWaitNow is epoll_wait with a zero timeout as a raw system call:
+// it never blocks, so it can skip entersyscall/exitsyscall (see
+// sysio_linux.go). epoll_pwait with a nil mask is epoll_wait on every
+// architecture, including those without the older call.
+func epollWaitNow(epfd int, events []unix.EpollEvent) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		if e == unix.EINTR {
+			return 0, nil
+		}
+		return 0, e
+	}
+	return int(r), nil
+}
