@@ -459,3 +459,31 @@ func TestLoopStopEndsSessions(t *testing.T) {
 	}
 	s.closeFDs()
 }
+
+// TestEngineUploadAfterServerFIN: once the server has half-closed (and
+// the engine passed it on), the client may still send; everything it
+// sends before its own FIN reaches the server. With epoll the client's
+// socket then reports EPOLLHUP while data is still queued in it.
+func TestEngineUploadAfterServerFIN(t *testing.T) {
+	for _, e := range engines(t) {
+		t.Run(e.name, func(t *testing.T) {
+			c := startCopy(t, e)
+			c.pg.CloseWrite()
+			c.app.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, err := c.app.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("client read %d, %v after the server's FIN; want EOF", n, err)
+			}
+			data := pattern(3<<20, 5)
+			go func() {
+				c.app.Write(data)
+				c.app.CloseWrite()
+			}()
+			c.pg.SetReadDeadline(time.Now().Add(20 * time.Second))
+			got, err := io.ReadAll(c.pg)
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("server read %d of %d bytes: %v", len(got), len(data), err)
+			}
+			c.wait(t, e.name)
+		})
+	}
+}

@@ -66,7 +66,7 @@ type loopSession struct {
 	loop *evloop
 	fd   [2]int     // 0: client, 1: server
 	dir  [2]loopDir // dir[i] reads fd[i] and writes fd[1-i]
-	ev   [2]uint32  // epoll interest registered for fd[i]
+	ev   [2]uint32  // epoll interest registered for fd[i]; 0: not in the set
 	// finAt is when the first direction ended; the other must end
 	// within finTimeout.
 	finAt time.Time
@@ -313,25 +313,36 @@ func (l *evloop) serve(s *loopSession, fd int, ev uint32) {
 	if fd == s.fd[1] {
 		i = 1
 	}
+	if ev&unix.EPOLLERR != 0 {
+		// A reset (or an ICMP error): what the socket held is gone and
+		// nothing more can be sent to it.
+		l.end(s, sockError(fd))
+		return
+	}
 	// Writable: flush what waits for this socket first, then read: the
 	// read side of this socket may have been waiting for nothing else.
-	if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+	if ev&unix.EPOLLOUT != 0 {
 		if !l.flush(s, 1-i) {
 			return
 		}
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+	// EPOLLHUP without an error means both halves are shut: the peer's
+	// FIN (still to be read, after any data before it) and our own
+	// half-close. It is read like input, up to the EOF.
+	if ev&(unix.EPOLLIN|unix.EPOLLHUP) != 0 {
 		if !l.read(s, i) {
 			return
 		}
 	}
-	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 && !s.dead {
-		// Both directions of the socket are shut, or it was reset, and
-		// what it held has been read: nothing can be sent to it any more.
-		l.end(s, errors.New("connection reset or closed by peer"))
-		return
-	}
 	l.rearm(s)
+}
+
+// sockError returns the pending error of a socket.
+func sockError(fd int) error {
+	if e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && e != 0 {
+		return unix.Errno(e)
+	}
+	return errors.New("socket error")
 }
 
 // read serves direction i: one read of its source, sent on at once.
@@ -496,7 +507,9 @@ func (l *evloop) flush(s *loopSession, i int) bool {
 // state: a source is read only when its direction holds nothing unsent,
 // a destination is watched for room only while it does. In the steady
 // state of a query/answer session both stay "readable" and no epoll_ctl
-// is made.
+// is made. A socket with no interest at all leaves the epoll set: epoll
+// reports EPOLLHUP whatever the mask, and a hung-up source muted behind
+// a full destination would otherwise be reported in every batch.
 func (l *evloop) rearm(s *loopSession) {
 	for i, fd := range s.fd {
 		var want uint32
@@ -509,9 +522,16 @@ func (l *evloop) rearm(s *loopSession) {
 		if want == s.ev[i] {
 			continue
 		}
+		op := unix.EPOLL_CTL_MOD
+		switch {
+		case want == 0:
+			op = unix.EPOLL_CTL_DEL
+		case s.ev[i] == 0:
+			op = unix.EPOLL_CTL_ADD
+		}
 		s.ev[i] = want
 		ev := unix.EpollEvent{Events: want, Fd: int32(fd)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
+		if err := unix.EpollCtl(l.epfd, op, fd, &ev); err != nil {
 			l.end(s, fmt.Errorf("epoll_ctl: %w", err))
 			return
 		}
