@@ -16,7 +16,8 @@ import (
 const warnInterval = 10 * time.Second
 
 // handle owns one accepted client from hold to close. Once the client is
-// connected to a backend it is one of the connection's two goroutines.
+// connected to a backend it waits for the event loop to end the session
+// (or, with the goroutine copy, relays the backend-to-client direction).
 func (p *Proxy) handle(pt *port, c *net.TCPConn) {
 	defer p.wg.Done()
 	defer pt.current.Add(-1)

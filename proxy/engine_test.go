@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -30,7 +31,7 @@ type engine struct {
 func engines(t *testing.T) []engine {
 	t.Helper()
 	es := []engine{{name: "goroutines", copy: copyWithGoroutines}}
-	l, err := newEvloop()
+	l, err := newEvloop(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Logf("no event loop: %v", err)
 		return es
@@ -432,7 +433,7 @@ func TestEngineFinTimeout(t *testing.T) {
 // carries, and a loop that stopped refuses new ones (the caller keeps
 // and closes their sockets).
 func TestLoopStopEndsSessions(t *testing.T) {
-	l, err := newEvloop()
+	l, err := newEvloop(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Skip(err)
 	}
@@ -485,5 +486,52 @@ func TestEngineUploadAfterServerFIN(t *testing.T) {
 			}
 			c.wait(t, e.name)
 		})
+	}
+}
+
+// TestLoopDeliversBytesBeforeReset: a server that sends an error and
+// then closes with unread input (which resets the connection, as
+// PostgreSQL does when it ends a session mid-COPY) still gets its error
+// to the client, even when the loop sees the bytes and the reset in the
+// same event. The session is handed to the loop only after both arrived.
+func TestLoopDeliversBytesBeforeReset(t *testing.T) {
+	l, err := newEvloop(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Skip(err)
+	}
+	ran := make(chan struct{})
+	go func() { defer close(ran); l.run() }()
+	defer func() { l.stop(); <-ran }()
+
+	app, client := tcpPair(t)
+	server, pg := tcpPair(t)
+	if _, err := server.Write([]byte("data the server never reads")); err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("FATAL: terminating connection due to administrator command")
+	if _, err := pg.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // both reached the other ends
+	pg.SetLinger(0)
+	pg.Close() // unread input: RST
+	time.Sleep(50 * time.Millisecond)
+
+	s, err := l.newSession(client, server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.add(s); err != nil {
+		t.Fatal(err)
+	}
+	app.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, _ := io.ReadAll(app)
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("client got %q, want %q", got, msg)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session did not end")
 	}
 }

@@ -5,6 +5,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -34,10 +35,16 @@ type evloop struct {
 	epfd int
 	wake int // eventfd: queue has work
 
+	log *slog.Logger
+
 	mu      sync.Mutex
 	queue   []loopOp
-	stopped bool
-	woken   atomic.Bool // a wake-up is written and not yet read
+	stopped bool // no more adds: the loop is ending
+	closed  bool // wake is closed: nothing may write to it any more
+	woken   bool // a wake-up is written and not yet read
+	// failed is set when run ended on its own (an epoll error):
+	// pickLoop then leaves the loop out.
+	failed atomic.Bool
 
 	// Owned by the loop goroutine.
 	byFD     []*loopSession // session by descriptor number
@@ -99,7 +106,7 @@ const (
 
 var errLoopStopped = errors.New("proxy event loop stopped")
 
-func newEvloop() (*evloop, error) {
+func newEvloop(log *slog.Logger) (*evloop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: epoll_create1: %w", err)
@@ -116,6 +123,7 @@ func newEvloop() (*evloop, error) {
 		return nil, fmt.Errorf("proxy: epoll_ctl: %w", err)
 	}
 	return &evloop{
+		log:      log,
 		epfd:     epfd,
 		wake:     wake,
 		sessions: map[*loopSession]struct{}{},
@@ -191,21 +199,23 @@ func (s *loopSession) closeFDs() {
 
 func (l *evloop) send(op loopOp) error {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.stopped {
-		l.mu.Unlock()
 		return errLoopStopped
 	}
 	l.queue = append(l.queue, op)
-	l.mu.Unlock()
 	l.poke()
 	return nil
 }
 
-// poke wakes the loop unless a wake-up is already pending.
+// poke wakes the loop unless a wake-up is already pending. It runs
+// under mu, as does the close of wake in shutdown: a late poke can
+// never write into a descriptor number that something else reused.
 func (l *evloop) poke() {
-	if l.woken.Swap(true) {
+	if l.woken || l.closed {
 		return
 	}
+	l.woken = true
 	one := [8]byte{1}
 	unix.Write(l.wake, one[:])
 }
@@ -213,8 +223,8 @@ func (l *evloop) poke() {
 // stop makes run end every session and return. It does not wait.
 func (l *evloop) stop() {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.stopped = true
-	l.mu.Unlock()
 	l.poke()
 }
 
@@ -237,7 +247,10 @@ func (l *evloop) run() {
 		}
 		if err != nil && err != unix.EINTR {
 			// Cannot happen with valid arguments; ending every session
-			// beats spinning.
+			// beats spinning. New connections go to the other loops,
+			// or to goroutines.
+			l.failed.Store(true)
+			l.log.Error("proxy event loop failed; its connections are closed", "err", err)
 			return
 		}
 		woken := false
@@ -268,9 +281,9 @@ func (l *evloop) run() {
 // drain runs the queued operations; true means stop.
 func (l *evloop) drain() bool {
 	var buf [8]byte
-	unix.Read(l.wake, buf[:])
-	l.woken.Store(false)
 	l.mu.Lock()
+	unix.Read(l.wake, buf[:])
+	l.woken = false
 	ops, stopped := l.queue, l.stopped
 	l.queue = nil
 	l.mu.Unlock()
@@ -314,8 +327,11 @@ func (l *evloop) serve(s *loopSession, fd int, ev uint32) {
 		i = 1
 	}
 	if ev&unix.EPOLLERR != 0 {
-		// A reset (or an ICMP error): what the socket held is gone and
-		// nothing more can be sent to it.
+		// A reset (or an ICMP error). Bytes that arrived before it are
+		// still readable, e.g. the FATAL a server sends before it
+		// closes with unread input (which resets): pass them on, best
+		// effort, then end.
+		l.salvage(s, i)
 		l.end(s, sockError(fd))
 		return
 	}
@@ -324,6 +340,13 @@ func (l *evloop) serve(s *loopSession, fd int, ev uint32) {
 	if ev&unix.EPOLLOUT != 0 {
 		if !l.flush(s, 1-i) {
 			return
+		}
+		// A pipe emptied here goes back even mid-chunk (spliceIn takes
+		// one again when the source has more), so a session that goes
+		// idle after a burst its client was slow to read holds none.
+		if d := &s.dir[1-i]; d.inPipe == 0 && d.pipe[0] >= 0 {
+			l.putPipe(d.pipe)
+			d.pipe = [2]int{-1, -1}
 		}
 	}
 	// EPOLLHUP without an error means both halves are shut: the peer's
@@ -335,6 +358,28 @@ func (l *evloop) serve(s *loopSession, fd int, ev uint32) {
 		}
 	}
 	l.rearm(s)
+}
+
+// salvage sends on what direction i's source still holds, as long as
+// the destination takes it without waiting.
+func (l *evloop) salvage(s *loopSession, i int) {
+	d := &s.dir[i]
+	if d.eof || d.pend != nil || d.inPipe > 0 {
+		return
+	}
+	for {
+		n, err := sysRead(uintptr(s.fd[i]), l.scratch)
+		if err != nil || n <= 0 {
+			return
+		}
+		w, err := sysWrite(uintptr(s.fd[1-i]), l.scratch[:n])
+		if w > 0 {
+			d.n += int64(w)
+		}
+		if err != nil || w < n {
+			return
+		}
+	}
 }
 
 // sockError returns the pending error of a socket.
@@ -554,8 +599,14 @@ func (l *evloop) end(s *loopSession, err error) {
 		if fd < len(l.byFD) && l.byFD[fd] == s {
 			l.byFD[fd] = nil
 		}
-		// Closing the only descriptor of a socket also removes it from
-		// the epoll set.
+		// Deregister before closing: a child process between fork and
+		// exec (the agent runs PostgreSQL's programs) may still hold the
+		// socket, which would keep it in the epoll set under a number
+		// a new session may get.
+		if s.ev[i] != 0 {
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+			s.ev[i] = 0
+		}
 		unix.Close(fd)
 		d := &s.dir[i]
 		if d.buf != nil {
@@ -593,9 +644,10 @@ func (l *evloop) sweep() {
 // descriptors.
 func (l *evloop) shutdown() {
 	l.mu.Lock()
-	l.stopped = true
+	l.stopped, l.closed = true, true
 	ops := l.queue
 	l.queue = nil
+	unix.Close(l.wake)
 	l.mu.Unlock()
 	for s := range l.sessions {
 		l.end(s, errLoopStopped)
@@ -613,7 +665,6 @@ func (l *evloop) shutdown() {
 	}
 	l.pipes = nil
 	unix.Close(l.epfd)
-	unix.Close(l.wake)
 }
 
 func (l *evloop) getBuf() []byte {

@@ -4,19 +4,21 @@ package proxy
 
 import (
 	"errors"
+	"log/slog"
 	"net"
+	"sync/atomic"
 )
 
 // Off Linux there is no event loop: every connection is copied by two
 // goroutines (relay).
-type evloop struct{}
+type evloop struct{ failed atomic.Bool }
 
 type loopSession struct {
 	done chan struct{}
 	dir  [2]struct{ n int64 }
 }
 
-func newEvloop() (*evloop, error) { return nil, errors.New("proxy event loops need Linux") }
+func newEvloop(*slog.Logger) (*evloop, error) { return nil, errors.New("proxy event loops need Linux") }
 
 func (l *evloop) run()  {}
 func (l *evloop) stop() {}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -189,11 +190,15 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	for range max(cfg.Loops, 0) {
-		l, err := newEvloop()
+		l, err := newEvloop(p.log)
 		if err != nil {
 			// No event loop here (not Linux, or out of descriptors):
 			// the goroutine copy works everywhere.
-			p.log.Debug("proxy copies with goroutines", "reason", err)
+			log := p.log.Debug
+			if runtime.GOOS == "linux" {
+				log = p.log.Warn
+			}
+			log("proxy event loops unavailable; copying with goroutines", "err", err)
 			p.closeLoops()
 			break
 		}
@@ -211,13 +216,17 @@ func (p *Proxy) closeLoops() {
 	p.loops = nil
 }
 
-// pickLoop returns the event loop for a new connection, nil for the
-// goroutine copy.
+// pickLoop returns the event loop for a new connection (round-robin,
+// skipping loops that failed), nil for the goroutine copy.
 func (p *Proxy) pickLoop() *evloop {
-	if len(p.loops) == 0 {
-		return nil
+	n := len(p.loops)
+	start := int(p.next.Add(1))
+	for k := range n {
+		if l := p.loops[(start+k)%n]; !l.failed.Load() {
+			return l
+		}
 	}
-	return p.loops[int(p.next.Add(1))%len(p.loops)]
+	return nil
 }
 
 // Addrs returns the addresses actually listened on ("" for a disabled
