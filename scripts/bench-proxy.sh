@@ -11,6 +11,8 @@
 # The load average before each run is recorded: other work on the
 # machine moves the absolute numbers, the in-run ratios much less.
 #   ROUNDS=5 DURATION=15 PGHA_BIN=/tmp/pgha scripts/bench-proxy.sh
+# MODES="S" runs a subset; the agents' environment reaches the nodes
+# (e.g. PGHA_PROXY_EVENT_LOOPS=2 GOMAXPROCS=4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -89,7 +91,7 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 names=(direct pgha haproxy)
 # S1 is -S with one client: no queueing, so its latency average is the
 # round trip itself and the difference to direct what a proxy adds.
-for mode in S N S1; do
+for mode in ${MODES:-S N S1}; do
 	case $mode in
 	S1) flags=(-c 1 -j 1 -S) ;;
 	*) flags=(-c 8 -j 2 "-$mode") ;;
