@@ -23,7 +23,6 @@ type engine struct {
 	// copy carries client <-> server (after writing first to server)
 	// until both directions end or ctx ends.
 	copy func(ctx context.Context, client, server *net.TCPConn, first header) (up, down int64)
-	loop *evloop // nil for goroutines
 }
 
 // engines returns the engines available here; a loop is stopped at the
@@ -31,10 +30,21 @@ type engine struct {
 func engines(t *testing.T) []engine {
 	t.Helper()
 	es := []engine{{name: "goroutines", copy: copyWithGoroutines}}
+	if l := startLoop(t); l != nil {
+		es = append(es, loopEngine(l))
+	}
+	return es
+}
+
+// startLoop runs an event loop until the end of the test, which fails if
+// the loop's goroutine does not end when stopped. nil: no event loop
+// on this platform.
+func startLoop(t *testing.T) *evloop {
+	t.Helper()
 	l, err := newEvloop(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Logf("no event loop: %v", err)
-		return es
+		return nil
 	}
 	ran := make(chan struct{})
 	go func() { defer close(ran); l.run() }()
@@ -46,13 +56,16 @@ func engines(t *testing.T) []engine {
 			t.Error("event loop did not stop")
 		}
 	})
-	return append(es, engine{
+	return l
+}
+
+func loopEngine(l *evloop) engine {
+	return engine{
 		name: "loop",
 		copy: func(ctx context.Context, client, server *net.TCPConn, first header) (int64, int64) {
 			return copyInLoop(l, ctx, client, server, first)
 		},
-		loop: l,
-	})
+	}
 }
 
 // copied is one session through engine e: app is the application's end,
@@ -433,20 +446,15 @@ func TestEngineFinTimeout(t *testing.T) {
 // carries, and a loop that stopped refuses new ones (the caller keeps
 // and closes their sockets).
 func TestLoopStopEndsSessions(t *testing.T) {
-	l, err := newEvloop(slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Skip(err)
+	l := startLoop(t)
+	if l == nil {
+		t.Skip("no event loop")
 	}
-	ran := make(chan struct{})
-	go func() { defer close(ran); l.run() }()
-	e := engine{name: "loop", copy: func(ctx context.Context, client, server *net.TCPConn, first header) (int64, int64) {
-		return copyInLoop(l, ctx, client, server, first)
-	}}
+	e := loopEngine(l)
 	c1, c2 := startCopy(t, e), startCopy(t, e)
 	l.stop()
 	c1.wait(t, "first session")
 	c2.wait(t, "second session")
-	<-ran
 	if err := closedWithin(c1.app, 5*time.Second); err != nil {
 		t.Errorf("client end: %v", err)
 	}
@@ -495,13 +503,10 @@ func TestEngineUploadAfterServerFIN(t *testing.T) {
 // to the client, even when the loop sees the bytes and the reset in the
 // same event. The session is handed to the loop only after both arrived.
 func TestLoopDeliversBytesBeforeReset(t *testing.T) {
-	l, err := newEvloop(slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Skip(err)
+	l := startLoop(t)
+	if l == nil {
+		t.Skip("no event loop")
 	}
-	ran := make(chan struct{})
-	go func() { defer close(ran); l.run() }()
-	defer func() { l.stop(); <-ran }()
 
 	app, client := tcpPair(t)
 	server, pg := tcpPair(t)

@@ -465,15 +465,13 @@ func (l *evloop) spliceIn(s *loopSession, i int) bool {
 		d.pipe = p
 	}
 	for d.bulk > 0 {
-		n, err := unix.Splice(s.fd[i], nil, d.pipe[1], nil, d.bulk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := spliceNB(s.fd[i], d.pipe[1], d.bulk)
 		switch {
 		case err == unix.EAGAIN:
 			// The source is drained: the burst is over. Back to
 			// buffered reads, so an idle session holds no pipe.
 			l.leaveBulk(d)
 			return true
-		case err == unix.EINTR:
-			continue
 		case err != nil:
 			l.end(s, fmt.Errorf("splice: %w", err))
 			return false
@@ -495,6 +493,17 @@ func (l *evloop) spliceIn(s *loopSession, i int) bool {
 	}
 	l.leaveBulk(d)
 	return true
+}
+
+// spliceNB moves up to n bytes from in to out (one of them a pipe)
+// without blocking.
+func spliceNB(in, out, n int) (int64, error) {
+	for {
+		m, err := unix.Splice(in, nil, out, nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		if err != unix.EINTR {
+			return m, err
+		}
+	}
 }
 
 // leaveBulk returns a direction whose pipe is empty to buffered reads.
@@ -528,13 +537,11 @@ func (l *evloop) flush(s *loopSession, i int) bool {
 		d.buf, d.pend = nil, nil
 	}
 	for d.inPipe > 0 {
-		n, err := unix.Splice(d.pipe[0], nil, dst, nil, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		switch {
-		case err == unix.EAGAIN:
+		n, err := spliceNB(d.pipe[0], dst, d.inPipe)
+		if err == unix.EAGAIN {
 			return true
-		case err == unix.EINTR:
-			continue
-		case err != nil:
+		}
+		if err != nil {
 			l.end(s, fmt.Errorf("splice: %w", err))
 			return false
 		}
