@@ -125,23 +125,26 @@ func (p *Proxy) dial(t *target) (*net.TCPConn, error) {
 // the sockets on this path (see relay and evloop).
 func (p *Proxy) pipe(pt *port, t *target, client, server *net.TCPConn, first header) {
 	start := time.Now()
-	// The generation's close channel (t.ctx): a routing change that
-	// removes t, or Close, closes both sockets, which ends both
-	// directions at once.
 	p.log.Debug("proxy connection opened", "port", pt.name, "client", client.RemoteAddr().String(), "backend", t.b.Name, "addr", t.b.Addr)
 
+	// t.ctx is the generation's close channel: a routing change that
+	// removes t, or Close, ends both directions at once.
 	var up, down int64
+	var err error
 	if l := p.pickLoop(); l != nil {
-		up, down = copyInLoop(l, t.ctx, client, server, first)
+		up, down, err = copyInLoop(l, t.ctx, client, server, first)
 	} else {
-		up, down = copyWithGoroutines(t.ctx, client, server, first)
+		up, down, err = copyWithGoroutines(t.ctx, client, server, first)
 	}
 	t.st.bytesIn.Add(up)
 	t.st.bytesOut.Add(down)
 	args := []any{"port", pt.name, "client", client.RemoteAddr().String(), "backend", t.b.Name,
 		"bytes_in", up, "bytes_out", down, "duration", time.Since(start).Round(time.Millisecond)}
-	if t.ctx.Err() != nil && p.root.Err() == nil {
+	switch {
+	case t.ctx.Err() != nil && p.root.Err() == nil:
 		args = append(args, "reason", "backend left the routes")
+	case err != nil && p.root.Err() == nil:
+		args = append(args, "err", err)
 	}
 	p.log.Debug("proxy connection closed", args...)
 }
@@ -149,33 +152,36 @@ func (p *Proxy) pipe(pt *port, t *target, client, server *net.TCPConn, first hea
 // copyInLoop writes first to the server, hands both sockets to the
 // event loop l and waits until the loop has ended the session: both
 // directions finished, an error, or ctx ended (which asks the loop to
-// close both sockets). It returns the bytes delivered each way.
-func copyInLoop(l *evloop, ctx context.Context, client, server *net.TCPConn, first header) (up, down int64) {
+// close both sockets). It returns the bytes delivered each way and why
+// the session ended (nil: both sides closed cleanly).
+func copyInLoop(l *evloop, ctx context.Context, client, server *net.TCPConn, first header) (up, down int64, err error) {
 	n, err := server.Write(first[:])
 	if err != nil {
 		client.Close()
 		server.Close()
-		return int64(n), 0
+		return int64(n), 0, err
 	}
 	s, err := l.newSession(client, server)
 	if err != nil {
-		return int64(n), 0
+		return int64(n), 0, err
 	}
 	if err := l.add(s); err != nil {
 		s.closeFDs() // the loop stopped: the proxy is closing
-		return int64(n), 0
+		return int64(n), 0, err
 	}
 	defer closeOnDone(ctx, s)()
 	<-s.done
-	return int64(n) + s.dir[0].n, s.dir[1].n
+	return int64(n) + s.dir[0].n, s.dir[1].n, s.err
 }
 
 // copyWithGoroutines relays each direction in its own goroutine (the
 // calling one and one more) until both have ended; ctx ending closes
-// both sockets, which ends both at once.
-func copyWithGoroutines(ctx context.Context, client, server *net.TCPConn, first header) (up, down int64) {
+// both sockets, which ends both at once. The error is the first
+// direction's that ended on one.
+func copyWithGoroutines(ctx context.Context, client, server *net.TCPConn, first header) (up, down int64, err error) {
 	defer closeOnDone(ctx, client, server)()
 	done := make(chan struct{})
+	var upErr error
 	go func() {
 		defer close(done)
 		n, err := server.Write(first[:])
@@ -185,14 +191,18 @@ func copyWithGoroutines(ctx context.Context, client, server *net.TCPConn, first 
 			m, err = relay(server, client)
 			up += m
 		}
+		upErr = err
 		finish(server, client, err)
 	}()
-	down, err := relay(client, server)
+	down, err = relay(client, server)
 	finish(client, server, err)
 	<-done
 	client.Close()
 	server.Close()
-	return up, down
+	if err == nil {
+		err = upErr
+	}
+	return up, down, err
 }
 
 // finish ends one direction after relay(dst, src) returned. A clean

@@ -22,7 +22,7 @@ type engine struct {
 	name string
 	// copy carries client <-> server (after writing first to server)
 	// until both directions end or ctx ends.
-	copy func(ctx context.Context, client, server *net.TCPConn, first header) (up, down int64)
+	copy func(ctx context.Context, client, server *net.TCPConn, first header) (up, down int64, err error)
 }
 
 // engines returns the engines available here; a loop is stopped at the
@@ -62,7 +62,7 @@ func startLoop(t *testing.T) *evloop {
 func loopEngine(l *evloop) engine {
 	return engine{
 		name: "loop",
-		copy: func(ctx context.Context, client, server *net.TCPConn, first header) (int64, int64) {
+		copy: func(ctx context.Context, client, server *net.TCPConn, first header) (int64, int64, error) {
 			return copyInLoop(l, ctx, client, server, first)
 		},
 	}
@@ -73,7 +73,7 @@ func loopEngine(l *evloop) engine {
 // channel yields the engine's byte counts once the session ends.
 type copied struct {
 	app, pg *net.TCPConn
-	done    <-chan [2]int64
+	done    <-chan result
 	cancel  context.CancelFunc
 }
 
@@ -95,10 +95,10 @@ func startCopyWith(t *testing.T, e engine, prep func(client *net.TCPConn)) copie
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	done := make(chan [2]int64, 1)
+	done := make(chan result, 1)
 	go func() {
-		up, down := e.copy(ctx, client, server, testFirst)
-		done <- [2]int64{up, down}
+		up, down, err := e.copy(ctx, client, server, testFirst)
+		done <- result{[2]int64{up, down}, err}
 	}()
 	var got [8]byte
 	pg.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -109,14 +109,25 @@ func startCopyWith(t *testing.T, e engine, prep func(client *net.TCPConn)) copie
 	return copied{app: app, pg: pg, done: done, cancel: cancel}
 }
 
+// result is how a session ended: bytes (up, down) and the error.
+type result struct {
+	n   [2]int64
+	err error
+}
+
 func (c copied) wait(t *testing.T, what string) [2]int64 {
 	t.Helper()
+	return c.end(t, what).n
+}
+
+func (c copied) end(t *testing.T, what string) result {
+	t.Helper()
 	select {
-	case n := <-c.done:
-		return n
+	case r := <-c.done:
+		return r
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s: the session did not end", what)
-		return [2]int64{}
+		return result{}
 	}
 }
 
@@ -162,9 +173,12 @@ func TestEnginePingPong(t *testing.T) {
 				t.Fatalf("server read %d, %v after the client's close; want EOF", n, err)
 			}
 			c.pg.CloseWrite()
-			n := c.wait(t, e.name)
-			if want := [2]int64{8 + 500*60, 500 * 300}; n != want {
-				t.Errorf("bytes (up, down) = %v, want %v", n, want)
+			r := c.end(t, e.name)
+			if want := [2]int64{8 + 500*60, 500 * 300}; r.n != want {
+				t.Errorf("bytes (up, down) = %v, want %v", r.n, want)
+			}
+			if r.err != nil {
+				t.Errorf("a clean close on both sides ended with %v", r.err)
 			}
 			if s := splicedBytes.Load() - before; s != 0 {
 				t.Errorf("small messages spliced %d bytes, want 0", s)
@@ -357,7 +371,9 @@ func TestEngineReset(t *testing.T) {
 			c.app.Write([]byte("half a message"))
 			c.app.SetLinger(0)
 			c.app.Close() // RST
-			c.wait(t, e.name)
+			if r := c.end(t, e.name); r.err == nil {
+				t.Error("a reset ended the session without an error")
+			}
 			if err := closedWithin(c.pg, 5*time.Second); err != nil {
 				t.Errorf("server end: %v", err)
 			}
