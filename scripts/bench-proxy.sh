@@ -12,7 +12,8 @@
 # machine moves the absolute numbers, the in-run ratios much less.
 #   ROUNDS=5 DURATION=15 PGHA_BIN=/tmp/pgha scripts/bench-proxy.sh
 # MODES="S" runs a subset; the agents' environment reaches the nodes
-# (e.g. PGHA_PROXY_EVENT_LOOPS=2 GOMAXPROCS=4).
+# (e.g. PGHA_PROXY_EVENT_LOOPS=2 GOMAXPROCS=4); HAPROXY_NBTHREAD=1 sets
+# HAProxy's thread count (default: one per CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -56,7 +57,8 @@ export PGPASSWORD=$pass
 # health check part is irrelevant to throughput).
 cat >"$work/haproxy.cfg" <<CFG
 global
-    maxconn 200
+    maxconn 200${HAPROXY_NBTHREAD:+
+    nbthread $HAPROXY_NBTHREAD}
 defaults
     mode tcp
     timeout connect 3s
