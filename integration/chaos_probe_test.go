@@ -64,14 +64,7 @@ func (e *chaosEnv) runProbe(ctx context.Context, nd *Node, p *prober) {
 		return
 	}
 	var conn *pgx.Conn
-	closeConn := func() {
-		if conn != nil {
-			cctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-			conn.Close(cctx)
-			cancel()
-			conn = nil
-		}
-	}
+	closeConn := func() { closeQuickly(conn); conn = nil }
 	defer closeConn()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -328,14 +321,7 @@ func (w *workload) counts() (attempts, failures int64, acked int, lastErr string
 func (e *chaosEnv) runWorkload(ctx context.Context, w *workload) {
 	var warned atomic.Bool
 	var conn *pgx.Conn
-	closeConn := func() {
-		if conn != nil {
-			cctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-			conn.Close(cctx)
-			cancel()
-			conn = nil
-		}
-	}
+	closeConn := func() { closeQuickly(conn); conn = nil }
 	defer closeConn()
 	nodes := e.c.Nodes
 	cur := 0
@@ -416,4 +402,15 @@ func (e *chaosEnv) missingOn(nd *Node, ids []int64) ([]int64, error) {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[int64])
+}
+
+// closeQuickly closes a probe's kept connection, waiting at most 300 ms
+// for the server (it may be frozen or cut off); nil is a no-op.
+func closeQuickly(conn *pgx.Conn) {
+	if conn == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	conn.Close(ctx)
 }

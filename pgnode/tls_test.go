@@ -19,6 +19,21 @@ func tlsFiles(g *tlsconf.Generated, node string) pgnode.TLSFiles {
 	return pgnode.TLSFiles{CAFile: g.CACert, CertFile: p[0], KeyFile: p[1]}
 }
 
+// tlsNodes makes node n1 with its files from pg and n2 with its files
+// from rg (the same or another CA), closed at the end of the test.
+func tlsNodes(t *testing.T, base string, pg, rg *tlsconf.Generated) (p, r *pgnode.Node, pcfg, rcfg pgnode.Config) {
+	t.Helper()
+	pcfg = nodeConfig(t, base, "n1", freePort(t))
+	pcfg.TLS = tlsFiles(pg, "n1")
+	p = mustNew(t, pcfg)
+	t.Cleanup(func() { p.Close() })
+	rcfg = nodeConfig(t, base, "n2", freePort(t))
+	rcfg.TLS = tlsFiles(rg, "n2")
+	r = mustNew(t, rcfg)
+	t.Cleanup(func() { r.Close() })
+	return p, r, pcfg, rcfg
+}
+
 func TestValidateTLS(t *testing.T) {
 	cfg := pgnode.Config{Name: "n1", DataDir: "/x/pgdata", RunDir: "/x/run", SuperuserPassword: "a", ReplPassword: "b",
 		TLS: pgnode.TLSFiles{CAFile: "/ca.crt"}}
@@ -50,14 +65,7 @@ func TestTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	pcfg := nodeConfig(t, base, "n1", freePort(t))
-	pcfg.TLS = tlsFiles(g, "n1")
-	p := mustNew(t, pcfg)
-	defer p.Close()
-	rcfg := nodeConfig(t, base, "n2", freePort(t))
-	rcfg.TLS = tlsFiles(g, "n2")
-	r := mustNew(t, rcfg)
-	defer r.Close()
+	p, r, pcfg, rcfg := tlsNodes(t, base, g, g)
 
 	if _, err := p.Bootstrap(ctx); err != nil {
 		t.Fatalf("Bootstrap: %v", err)
@@ -161,14 +169,7 @@ func TestTLSOtherCARefused(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	pcfg := nodeConfig(t, base, "n1", freePort(t))
-	pcfg.TLS = tlsFiles(g, "n1")
-	p := mustNew(t, pcfg)
-	defer p.Close()
-	rcfg := nodeConfig(t, base, "n2", freePort(t))
-	rcfg.TLS = tlsFiles(other, "n2")
-	r := mustNew(t, rcfg)
-	defer r.Close()
+	p, r, pcfg, _ := tlsNodes(t, base, g, other)
 	if _, err := p.Bootstrap(ctx); err != nil {
 		t.Fatal(err)
 	}

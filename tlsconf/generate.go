@@ -186,17 +186,22 @@ func exists(p string) bool {
 	return err == nil
 }
 
-func serial() (*big.Int, error) {
-	// 128 random bits: unique without bookkeeping, as CAs do.
-	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-}
-
-func newCA(now time.Time) (*x509.Certificate, crypto.Signer, error) {
+// newKey returns a P-256 key and a serial number for its certificate:
+// 128 random bits, unique without bookkeeping, as CAs do.
+func newKey() (*ecdsa.PrivateKey, *big.Int, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
-	sn, err := serial()
+	sn, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, sn, nil
+}
+
+func newCA(now time.Time) (*x509.Certificate, crypto.Signer, error) {
+	key, sn, err := newKey()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -229,11 +234,7 @@ func newCA(now time.Time) (*x509.Certificate, crypto.Signer, error) {
 }
 
 func issueNode(n Node, ca *x509.Certificate, caKey crypto.Signer, now time.Time) ([]byte, crypto.Signer, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	sn, err := serial()
+	key, sn, err := newKey()
 	if err != nil {
 		return nil, nil, err
 	}
