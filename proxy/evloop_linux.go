@@ -69,11 +69,18 @@ type loopOpKind int
 const (
 	opAdd loopOpKind = iota
 	opKill
+	opHeld
 )
 
 type loopOp struct {
 	kind loopOpKind
 	s    *loopSession
+	held chan<- loopHeld // opHeld: where the loop answers
+}
+
+// loopHeld is what the loop's sessions hold beyond their two sockets.
+type loopHeld struct {
+	sessions, pipes, bufs int
 }
 
 // loopSession is one proxied connection inside a loop.
@@ -250,14 +257,14 @@ func (l *evloop) newSession(client, server *net.TCPConn) (*loopSession, error) {
 // descriptors and closes s.done when the session ends; on error the
 // caller still owns them (see closeFDs).
 func (l *evloop) add(s *loopSession) error {
-	return l.send(loopOp{opAdd, s})
+	return l.send(loopOp{kind: opAdd, s: s})
 }
 
 // Close asks the loop to end s (both sockets closed at once). It does not
 // wait; s.done closes when it is done. It satisfies io.Closer for
 // closeOnDone.
 func (s *loopSession) Close() error {
-	s.loop.send(loopOp{opKill, s})
+	s.loop.send(loopOp{kind: opKill, s: s})
 	return nil
 }
 
@@ -359,9 +366,38 @@ func (l *evloop) drain() bool {
 			l.register(op.s)
 		case opKill:
 			l.end(op.s, errors.New("closed by the proxy"))
+		case opHeld:
+			op.held <- l.heldNow()
 		}
 	}
 	return stopped
+}
+
+// held asks the loop what its sessions hold (see heldNow).
+func (l *evloop) held() (loopHeld, error) {
+	ch := make(chan loopHeld, 1)
+	if err := l.send(loopOp{kind: opHeld, held: ch}); err != nil {
+		return loopHeld{}, err
+	}
+	return <-ch, nil
+}
+
+// heldNow counts the pipes and spare buffers the live sessions hold:
+// an idle session should hold none (they go back to the loop's free
+// lists when a burst is over).
+func (l *evloop) heldNow() loopHeld {
+	h := loopHeld{sessions: len(l.sessions)}
+	for s := range l.sessions {
+		for i := range s.dir {
+			if s.dir[i].pipe[0] >= 0 {
+				h.pipes++
+			}
+			if s.dir[i].buf != nil {
+				h.bufs++
+			}
+		}
+	}
+	return h
 }
 
 func (l *evloop) register(s *loopSession) {
@@ -720,10 +756,13 @@ func (l *evloop) shutdown() {
 		l.end(s, errLoopStopped)
 	}
 	for _, op := range ops {
-		if op.kind == opAdd && !op.s.dead {
+		switch {
+		case op.kind == opAdd && !op.s.dead:
 			op.s.closeFDs()
 			op.s.dead = true
 			close(op.s.done)
+		case op.kind == opHeld:
+			op.held <- loopHeld{}
 		}
 	}
 	for _, p := range l.pipes {
