@@ -30,8 +30,8 @@ import (
 //
 // Ownership: the loop owns each session's two descriptors (dups of the
 // sockets, taken out of Go's poller) from add until it closes them. Other
-// goroutines talk to it only through queue (add, kill, stop) and the
-// eventfd that wakes it. The goroutine that added a session waits on the
+// goroutines talk to it only through queue (add, kill, held, stop) and
+// the eventfd that wakes it. The goroutine that added a session waits on the
 // session's done channel, then reads its counters.
 type evloop struct {
 	epfd int
@@ -39,9 +39,16 @@ type evloop struct {
 	// park is epfd as a pollable *os.File: the loop parks in the
 	// runtime's netpoller on it (see wait) instead of blocking a thread
 	// in epoll_wait. It owns epfd: closing it closes epfd.
-	park     *os.File
-	parkConn syscall.RawConn
-	deadline bool // a read deadline is set on park
+	park      *os.File
+	parkConn  syscall.RawConn
+	parkUntil time.Time // the read deadline set on park
+	// poll is the function wait hands to parkConn.Read (made once: a
+	// closure per wait would be an allocation per batch); it leaves
+	// its answer in polled and pollErr.
+	poll    func(uintptr) bool
+	events  []unix.EpollEvent
+	polled  int
+	pollErr error
 
 	log *slog.Logger
 
@@ -143,6 +150,11 @@ func newEvloop(log *slog.Logger) (*evloop, error) {
 		wake:     wake,
 		sessions: map[*loopSession]struct{}{},
 		scratch:  make([]byte, relayBufSize),
+		events:   make([]unix.EpollEvent, loopEvents),
+	}
+	l.poll = func(uintptr) bool {
+		l.polled, l.pollErr = epollWaitNow(l.epfd, l.events)
+		return l.pollErr != nil || l.polled > 0
 	}
 	// A non-blocking descriptor makes os.NewFile register it with the
 	// runtime's netpoller; SetReadDeadline fails on a file that is not
@@ -166,8 +178,8 @@ func newEvloop(log *slog.Logger) (*evloop, error) {
 	return l, nil
 }
 
-// wait returns the next batch of events, or none after sweepEvery while
-// half-closed sessions wait for their fin timeout.
+// wait fills l.events with the next batch and returns its size; 0 when
+// a second passed with nothing (run then sweeps the fin timeouts).
 //
 // It never blocks in epoll_wait. It polls the loop's set with a zero
 // timeout (a raw system call: under load the next events are usually
@@ -177,35 +189,32 @@ func newEvloop(log *slog.Logger) (*evloop, error) {
 // epoll_wait: that holds an OS thread in a system call, and the
 // runtime's P, handed off while it sleeps, must be won back when it
 // wakes; with two loops on two cores they queued behind each other
-// (pgha/HAProxy 0.68 for -S), and a single client paid ~10% more proxy
-// CPU per transaction than with the park (bench/RESULTS.md). Parked,
-// the loop is an ordinary goroutine: the thread already polling the
+// (pgha/HAProxy 0.68 for -S), and a single client cost more proxy CPU
+// per transaction than with the park (bench/RESULTS.md). Parked, the
+// loop is an ordinary goroutine: the thread already polling the
 // runtime's netpoller runs it as soon as its set is ready.
-func (l *evloop) wait(events []unix.EpollEvent) (int, error) {
-	if l.halfOpen > 0 {
-		l.park.SetReadDeadline(time.Now().Add(sweepEvery))
-		l.deadline = true
-	} else if l.deadline {
-		l.park.SetReadDeadline(time.Time{})
-		l.deadline = false
+func (l *evloop) wait() (int, error) {
+	// The park always has a deadline at most sweepEvery ahead: it paces
+	// the fin-timeout sweep, and it bounds the wait should a kernel
+	// ever fail to wake the pollers of a nested epoll set (DESIGN.md).
+	// Re-armed only once passed: one timer change a second, not one
+	// per batch.
+	if now := time.Now(); !now.Before(l.parkUntil) {
+		l.parkUntil = now.Add(sweepEvery)
+		l.park.SetReadDeadline(l.parkUntil)
 	}
-	var n int
-	var werr error
-	// Read calls the function, parks until the set is readable each
-	// time it returns false, and calls it again. The runtime's poller is
-	// edge-triggered: an event that arrives after the empty poll and
-	// before the park still wakes it.
-	err := l.parkConn.Read(func(uintptr) bool {
-		n, werr = epollWaitNow(l.epfd, events)
-		return werr != nil || n > 0
-	})
+	// Read calls poll, parks until the set is readable each time poll
+	// returns false, and calls it again. The runtime's poller is
+	// edge-triggered and Read clears its readiness before the first
+	// call: an event that arrives after an empty poll still wakes it.
+	err := l.parkConn.Read(l.poll)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return 0, nil
 	}
 	if err != nil {
 		return 0, err
 	}
-	return n, werr
+	return l.polled, l.pollErr
 }
 
 // detach takes a socket out of Go's poller: it returns a duplicate
@@ -309,9 +318,9 @@ func (l *evloop) stop() {
 // (and any it was still to add) and the loop's own descriptors.
 func (l *evloop) run() {
 	defer l.shutdown()
-	events := make([]unix.EpollEvent, loopEvents)
+	events := l.events
 	for {
-		n, err := l.wait(events)
+		n, err := l.wait()
 		if err != nil && err != unix.EINTR {
 			// Cannot happen with valid arguments; ending every session
 			// beats spinning. New connections go to the other loops,
@@ -373,13 +382,18 @@ func (l *evloop) drain() bool {
 	return stopped
 }
 
-// held asks the loop what its sessions hold (see heldNow).
+// held asks the loop what its sessions hold (see heldNow). It waits for
+// the loop's answer: call it on a loop that runs (or has stopped).
 func (l *evloop) held() (loopHeld, error) {
 	ch := make(chan loopHeld, 1)
 	if err := l.send(loopOp{kind: opHeld, held: ch}); err != nil {
 		return loopHeld{}, err
 	}
-	return <-ch, nil
+	h, ok := <-ch
+	if !ok {
+		return loopHeld{}, errLoopStopped
+	}
+	return h, nil
 }
 
 // heldNow counts the pipes and spare buffers the live sessions hold:
@@ -762,7 +776,7 @@ func (l *evloop) shutdown() {
 			op.s.dead = true
 			close(op.s.done)
 		case op.kind == opHeld:
-			op.held <- loopHeld{}
+			close(op.held) // held reports the stop
 		}
 	}
 	for _, p := range l.pipes {
