@@ -255,21 +255,18 @@ func TestEngineBoundaries(t *testing.T) {
 				var wg sync.WaitGroup
 				var gotUp, gotDown []byte
 				var errUp, errDown error
+				// Each end sends its part, half-closes, and reads
+				// what the other sent, both at once.
+				sendThenRead := func(conn *net.TCPConn, out []byte, got *[]byte, err *error) {
+					defer wg.Done()
+					conn.Write(out)
+					conn.CloseWrite()
+					conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+					*got, *err = io.ReadAll(conn)
+				}
 				wg.Add(2)
-				go func() {
-					defer wg.Done()
-					c.app.Write(up)
-					c.app.CloseWrite()
-					c.app.SetReadDeadline(time.Now().Add(20 * time.Second))
-					gotDown, errDown = io.ReadAll(c.app)
-				}()
-				go func() {
-					defer wg.Done()
-					c.pg.Write(down)
-					c.pg.CloseWrite()
-					c.pg.SetReadDeadline(time.Now().Add(20 * time.Second))
-					gotUp, errUp = io.ReadAll(c.pg)
-				}()
+				go sendThenRead(c.app, up, &gotDown, &errDown)
+				go sendThenRead(c.pg, down, &gotUp, &errUp)
 				wg.Wait()
 				if errUp != nil || !bytes.Equal(gotUp, up) {
 					t.Fatalf("size %d up: read %d bytes, %v", size, len(gotUp), errUp)
