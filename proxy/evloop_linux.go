@@ -201,7 +201,11 @@ func (l *evloop) wait() (int, error) {
 	// per batch.
 	if now := time.Now(); !now.Before(l.parkUntil) {
 		l.parkUntil = now.Add(sweepEvery)
-		l.park.SetReadDeadline(l.parkUntil)
+		// Fails only on a closed file; without its deadline the loop
+		// would neither sweep nor be bounded, so run fails the loop.
+		if err := l.park.SetReadDeadline(l.parkUntil); err != nil {
+			return 0, err
+		}
 	}
 	// Read calls poll, parks until the set is readable each time poll
 	// returns false, and calls it again. The runtime's poller is
@@ -321,7 +325,7 @@ func (l *evloop) run() {
 	events := l.events
 	for {
 		n, err := l.wait()
-		if err != nil && err != unix.EINTR {
+		if err != nil {
 			// Cannot happen with valid arguments; ending every session
 			// beats spinning. New connections go to the other loops,
 			// or to goroutines.
