@@ -164,7 +164,8 @@ type Proxy struct {
 	ReadFallbackPrimary bool `yaml:"read_fallback_primary"`
 	// MaxConn bounds the client connections of each port.
 	MaxConn int `yaml:"max_conn"`
-	// EventLoops is how many threads copy the proxied bytes (Linux);
+	// EventLoops is how many event loops copy the proxied bytes (Linux;
+	// each a goroutine with its own epoll set);
 	// 0 copies each connection with two goroutines instead.
 	EventLoops int `yaml:"event_loops"`
 }
