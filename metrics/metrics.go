@@ -8,6 +8,7 @@ package metrics
 import (
 	"net/http"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/pgha/pgha/proxy"
@@ -131,6 +132,8 @@ var (
 	dProxyHeldNow   = desc("pgha_proxy_held_connections", "Client connections held waiting for a primary.", "port")
 	dProxyHeld      = desc("pgha_proxy_held_total", "Client connections that had to wait for a primary.", "port")
 	dProxyHoldSecs  = desc("pgha_proxy_hold_seconds_total", "Time clients spent held waiting for a primary.", "port")
+	dLoopBusy       = desc("pgha_proxy_loop_busy_seconds_total", "Time a proxy event loop spent serving its sockets; a rate near 1 means the loop limits the proxy (raise proxy.event_loops).", "loop")
+	dLoopSessions   = desc("pgha_proxy_loop_sessions", "Connections a proxy event loop carries.", "loop")
 	dBackendCurrent = desc("pgha_proxy_backend_connections", "Open connections to a backend.", "port", "backend", "addr")
 	dBackendTotal   = desc("pgha_proxy_backend_connections_total", "Connections made to a backend.", "port", "backend", "addr")
 	dBackendBytes   = desc("pgha_proxy_backend_bytes_total", "Bytes relayed to (in) and from (out) a backend, counted when a connection's direction ends.", "port", "backend", "addr", "direction")
@@ -146,7 +149,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dInfo, dPrimary, dReplica, dRole, dSync, dPGUp, dPaused, dPending, dTimeline,
 		dCurrentLSN, dReceiveLSN, dReplayLSN, dLagBytes, dLagSeconds, dRaftState, dRaftLeader, dRaftTerm, dRaftLast,
 		dRaftCommit, dRaftApplied, dRaftContact, dRaftVoters, dChanges, dWritable, dMembers,
-		dProxyCurrent, dProxyTotal, dProxyRefused, dProxyHeldNow, dProxyHeld, dProxyHoldSecs,
+		dProxyCurrent, dProxyTotal, dProxyRefused, dProxyHeldNow, dProxyHeld, dProxyHoldSecs, dLoopBusy, dLoopSessions,
 		dBackendCurrent, dBackendTotal, dBackendBytes, dBackendErrors} {
 		ch <- d
 	}
@@ -237,5 +240,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(dBackendBytes, float64(b.BytesOut), p.name, n, b.Addr, "out")
 			counter(dBackendErrors, float64(b.Errors), p.name, n, b.Addr)
 		}
+	}
+	for i, l := range s.Proxy.Loops {
+		counter(dLoopBusy, l.BusySeconds, strconv.Itoa(i))
+		gauge(dLoopSessions, float64(l.Sessions), strconv.Itoa(i))
 	}
 }

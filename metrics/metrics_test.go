@@ -29,7 +29,8 @@ func TestMetricsParse(t *testing.T) {
 		Proxy: proxy.Stats{
 			Write: proxy.PortStats{Listen: "127.0.0.1:5000", Current: 2, Total: 10, HeldTotal: 1, HoldSecondsTotal: 0.25,
 				Backends: map[string]proxy.BackendStats{"n1": {Addr: "127.0.0.1:5432", Current: 2, Total: 10, BytesIn: 100, BytesOut: 900}}},
-			Read: proxy.PortStats{Backends: map[string]proxy.BackendStats{}}, // disabled port
+			Read:  proxy.PortStats{Backends: map[string]proxy.BackendStats{}}, // disabled port
+			Loops: []proxy.LoopStats{{BusySeconds: 1.5, Sessions: 2}, {BusySeconds: 0.5}},
 		},
 	}
 	reg := metrics.New(src)
@@ -93,6 +94,9 @@ func TestMetricsParse(t *testing.T) {
 		{"pgha_proxy_hold_seconds_total", map[string]string{"port": "write"}, 0.25},
 		{"pgha_proxy_backend_bytes_total", map[string]string{"port": "write", "backend": "n1", "direction": "out"}, 900},
 		{"pgha_ha_loop_duration_seconds", nil, 1},
+		{"pgha_proxy_loop_busy_seconds_total", map[string]string{"loop": "0"}, 1.5},
+		{"pgha_proxy_loop_busy_seconds_total", map[string]string{"loop": "1"}, 0.5},
+		{"pgha_proxy_loop_sessions", map[string]string{"loop": "0"}, 2},
 	}
 	for _, c := range checks {
 		got, ok := value(c.name, c.labels)

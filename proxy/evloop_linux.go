@@ -60,6 +60,12 @@ type evloop struct {
 	// failed is set when run ended on its own (an epoll error):
 	// pickLoop then leaves the loop out.
 	failed atomic.Bool
+	// busyNanos is the time the loop spent serving batches (not
+	// waiting), live: its rate is the share of a core the loop uses,
+	// which says when proxy.event_loops should grow. live counts its
+	// sessions.
+	busyNanos atomic.Int64
+	live      atomic.Int64
 
 	// Owned by the loop goroutine.
 	byFD     []*loopSession // session by descriptor number
@@ -325,6 +331,7 @@ func (l *evloop) run() {
 	events := l.events
 	for {
 		n, err := l.wait()
+		start := time.Now()
 		if err != nil {
 			// Cannot happen with valid arguments; ending every session
 			// beats spinning. New connections go to the other loops,
@@ -355,7 +362,13 @@ func (l *evloop) run() {
 		if l.halfOpen > 0 {
 			l.sweep()
 		}
+		l.busyNanos.Add(int64(time.Since(start)))
 	}
+}
+
+// counters reads the loop's live counters; any goroutine may call it.
+func (l *evloop) counters() LoopStats {
+	return LoopStats{BusySeconds: time.Duration(l.busyNanos.Load()).Seconds(), Sessions: l.live.Load()}
 }
 
 // drain runs the queued operations; true means stop.
@@ -420,6 +433,7 @@ func (l *evloop) heldNow() loopHeld {
 
 func (l *evloop) register(s *loopSession) {
 	l.sessions[s] = struct{}{}
+	l.live.Add(1)
 	for i, fd := range s.fd {
 		for fd >= len(l.byFD) {
 			l.byFD = append(l.byFD, make([]*loopSession, len(l.byFD)+64)...)
@@ -716,6 +730,7 @@ func (l *evloop) end(s *loopSession, err error) {
 		l.halfOpen--
 	}
 	delete(l.sessions, s)
+	l.live.Add(-1)
 	for i, fd := range s.fd {
 		if fd < len(l.byFD) && l.byFD[fd] == s {
 			l.byFD[fd] = nil

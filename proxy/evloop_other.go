@@ -16,12 +16,14 @@ type evloop struct{ failed atomic.Bool }
 type loopSession struct {
 	done chan struct{}
 	dir  [2]struct{ n int64 }
+	err  error
 }
 
 func newEvloop(*slog.Logger) (*evloop, error) { return nil, errors.New("proxy event loops need Linux") }
 
-func (l *evloop) run()  {}
-func (l *evloop) stop() {}
+func (l *evloop) run()                {}
+func (l *evloop) counters() LoopStats { return LoopStats{} }
+func (l *evloop) stop()               {}
 
 func (l *evloop) newSession(client, server *net.TCPConn) (*loopSession, error) {
 	return nil, errors.New("proxy event loops need Linux")

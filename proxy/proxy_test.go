@@ -673,3 +673,60 @@ func TestDrainingKeepsOpenConnectionsAndHoldsNewOnes(t *testing.T) {
 		t.Fatalf("connection to the drained primary after the change: %v", err)
 	}
 }
+
+// TestLoopCounters: each event loop reports the sessions it carries and
+// the time it spent serving them, the figures an operator reads to
+// tell whether proxy.event_loops should grow.
+func TestLoopCounters(t *testing.T) {
+	checkLeaks(t)
+	a := newFake(t, "a")
+	p, _ := startProxy(t, proxy.Config{Loops: 2})
+	w, _ := p.Addrs()
+	p.SetRoutes(proxy.Routes{Primary: a.ptr()})
+	if len(p.Stats().Loops) == 0 {
+		t.Skip("no event loops on this system")
+	}
+	if n := len(p.Stats().Loops); n != 2 {
+		t.Fatalf("%d loops reported, want 2", n)
+	}
+	sum := func() (busy float64, sessions int64) {
+		for _, l := range p.Stats().Loops {
+			busy += l.BusySeconds
+			sessions += l.Sessions
+		}
+		return busy, sessions
+	}
+	c1, _ := session(t, w)
+	c2, _ := session(t, w)
+	eventually(t, 3*time.Second, "both sessions in the loops", func() bool { _, n := sum(); return n == 2 })
+	for _, l := range p.Stats().Loops {
+		if l.Sessions != 1 {
+			t.Errorf("loop sessions %+v, want one per loop (round robin)", p.Stats().Loops)
+			break
+		}
+	}
+	before, _ := sum()
+	for i := range 200 {
+		for _, c := range []net.Conn{c1, c2} {
+			if err := echo(c, fmt.Sprintf("message %d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	after, _ := sum()
+	if after <= before {
+		t.Errorf("busy seconds %v -> %v after 400 exchanges, want them to grow", before, after)
+	}
+	c1.Close()
+	c2.Close()
+	eventually(t, 3*time.Second, "the loops to drop the closed sessions", func() bool { _, n := sum(); return n == 0 })
+	if last, _ := sum(); last < after {
+		t.Errorf("busy seconds went back from %v to %v", after, last)
+	}
+
+	// The goroutine copy has no loop to report.
+	g, _ := startProxy(t, proxy.Config{Loops: -1})
+	if n := len(g.Stats().Loops); n != 0 {
+		t.Errorf("goroutine copy reports %d loops", n)
+	}
+}

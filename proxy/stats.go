@@ -6,6 +6,18 @@ import "time"
 type Stats struct {
 	Write PortStats `json:"write"`
 	Read  PortStats `json:"read"`
+	// Loops has one entry per event loop (none with the goroutine copy).
+	Loops []LoopStats `json:"loops"`
+}
+
+// LoopStats describes one event loop. BusySeconds is the time it spent
+// serving its sockets rather than waiting for them: its rate over a
+// minute is the share of one core the loop uses, and a rate near 1
+// means the loop is what limits the proxy (raise proxy.event_loops).
+// Sessions counts the connections it carries now.
+type LoopStats struct {
+	BusySeconds float64 `json:"busy_seconds_total"`
+	Sessions    int64   `json:"sessions"`
 }
 
 // PortStats describes one port. Current counts open client connections
@@ -40,7 +52,11 @@ type BackendStats struct {
 // Stats returns a snapshot of the counters. A disabled port reads as
 // zero with an empty Listen.
 func (p *Proxy) Stats() Stats {
-	return Stats{Write: p.write.snapshot(), Read: p.read.snapshot()}
+	st := Stats{Write: p.write.snapshot(), Read: p.read.snapshot(), Loops: []LoopStats{}}
+	for _, l := range p.loops {
+		st.Loops = append(st.Loops, l.counters())
+	}
+	return st
 }
 
 func (pt *port) snapshot() PortStats {

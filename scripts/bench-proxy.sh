@@ -83,6 +83,10 @@ declare -A target=([direct]=$primary_port [pgha]=18004 [haproxy]=18090)
 # transaction: a steadier figure than tps on a shared machine.
 pgha_pid=$(ss -Hltnp 'sport = :18004' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
 cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Busy (user, nice, system, irq, softirq, steal) and idle (idle, iowait)
+# ticks of the whole machine: where a proxy that spends less CPU still
+# loses throughput, the cores sat idle (bench/RESULTS.md).
+machineticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit}' /proc/stat; }
 clk=$(getconf CLK_TCK)
 results="$work/results.txt"
 for name in direct pgha haproxy; do
@@ -104,25 +108,31 @@ for mode in ${MODES:-S N S1}; do
 			load=$(cut -d' ' -f1 /proc/loadavg)
 			p0=$(cputicks "$pgha_pid")
 			h0=$(cputicks "$ha_pid")
+			m0=$(machineticks)
 			out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "${target[$name]}" -U postgres "${flags[@]}" -T "$DURATION" -n postgres 2>/dev/null)
+			m1=$(machineticks)
 			p1=$(cputicks "$pgha_pid")
 			h1=$(cputicks "$ha_pid")
 			tps=$(awk '/^tps/ {print $3; exit}' <<<"$out")
 			lat=$(awk '/^latency average/ {print $4; exit}' <<<"$out")
 			tx=$(awk -F'[:/ ]+' '/^number of transactions actually processed/ {print $6; exit}' <<<"$out")
 			# CPU seconds of the pgha node and of HAProxy during the run.
-			echo "$mode $name $r $tps $lat $load $tx $(((p1 - p0)))/$clk $(((h1 - h0)))/$clk" | tee -a "$results"
+			# and the whole machine's busy and idle CPU seconds.
+			echo "$mode $name $r $tps $lat $load $tx $(((p1 - p0)))/$clk $(((h1 - h0)))/$clk $(((${m1% *} - ${m0% *})))/$clk $(((${m1#* } - ${m0#* })))/$clk" | tee -a "$results"
 		done
 	done
 done
 out=${OUT:-bench/results/$(date -u +%Y%m%d)-$(hostname)-proxy.json}
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 - "$results" "$out" "$ROUNDS" "$DURATION" "$load_start" "$load_end" <<'PY'
-import json, sys, statistics, os, subprocess, datetime
+import json, sys, statistics, os, subprocess, datetime, random, math
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 res, lats, loads, rounds, cpu, idle = {}, {}, [], {}, {}, {}
 frac = lambda x: float(x.split("/")[0]) / float(x.split("/")[1])
-for mode, name, r, tps, lat, load, tx, pcpu, hcpu in rows:
+machine = {}
+for mode, name, r, tps, lat, load, tx, pcpu, hcpu, mbusy, midle in rows:
+    b, i = frac(mbusy), frac(midle)
+    machine.setdefault(mode, {}).setdefault(name, []).append((b / int(tx) * 1e6, 100 * i / (b + i)))
     res.setdefault(mode, {}).setdefault(name, []).append(float(tps))
     lats.setdefault(mode, {}).setdefault(name, []).append(float(lat))
     rounds.setdefault(mode, {}).setdefault(r, {})[name] = float(tps)
@@ -137,6 +147,17 @@ for mode, name, r, tps, lat, load, tx, pcpu, hcpu in rows:
         idle[mode]["haproxy"].append(hcpu)
     if name in ("pgha", "haproxy"):
         cpu.setdefault(mode, {}).setdefault(name, []).append((pcpu if name == "pgha" else hcpu, int(tx)))
+def median_ci(xs, n=2000):
+    """95% bootstrap interval of the median (fixed seed: reruns of the
+    report give the same interval)."""
+    rnd = random.Random(1)
+    meds = sorted(statistics.median(rnd.choices(xs, k=len(xs))) for _ in range(n))
+    return [meds[int(0.025 * n)], meds[int(0.975 * n) - 1]]
+def sign_p(k, n):
+    """Two-sided sign test: the chance of a split at least this uneven
+    if pgha and HAProxy were equally likely to win a round."""
+    tail = sum(math.comb(n, j) for j in range(0, min(k, n - k) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 summary = {}
 for mode, by in res.items():
     med = {k: statistics.median(v) for k, v in by.items()}
@@ -153,6 +174,11 @@ for mode, by in res.items():
                      "pgha_vs_haproxy": med["pgha"] / med["haproxy"],
                      "pgha_vs_haproxy_per_round": per_round,
                      "pgha_vs_haproxy_per_round_median": statistics.median(per_round),
+                     "pgha_vs_haproxy_per_round_median_ci95": median_ci(per_round),
+                     "rounds_pgha_at_or_above_haproxy": sum(x >= 1 for x in per_round),
+                     "sign_test_p": sign_p(sum(x >= 1 for x in per_round), len(per_round)),
+                     "machine_busy_us_per_tx_median": {k: statistics.median(b for b, _ in v) for k, v in machine[mode].items()},
+                     "machine_idle_pct_median": {k: statistics.median(i for _, i in v) for k, v in machine[mode].items()},
                      "proxy_cpu_us_per_tx": us_per_tx,
                      "proxy_cpu_us_per_tx_median": {k: statistics.median(v) for k, v in us_per_tx.items()},
                      "proxy_idle_cpu_s_per_run": base}
@@ -164,6 +190,11 @@ for mode, by in res.items():
           f"haproxy {lat['haproxy']:.3f} (+{lat['haproxy'] - lat['direct']:.3f})")
     c = s["proxy_cpu_us_per_tx_median"]
     print(f"    proxy CPU per transaction: pgha {c['pgha']:.1f} us, haproxy {c['haproxy']:.1f} us")
+    lo, hi = s["pgha_vs_haproxy_per_round_median_ci95"]
+    print(f"    per-round pgha/haproxy: median {s['pgha_vs_haproxy_per_round_median']:.3f}, 95% CI {lo:.3f}-{hi:.3f}, "
+          f"{s['rounds_pgha_at_or_above_haproxy']} of {len(per_round)} rounds >= 1 (sign test p {s['sign_test_p']:.2f})")
+    mb, mi = s["machine_busy_us_per_tx_median"], s["machine_idle_pct_median"]
+    print("    whole machine per transaction: " + ", ".join(f"{k} {mb[k]:.0f} us busy, {mi[k]:.1f}% idle" for k in ("direct", "pgha", "haproxy")))
 print(f"load average before runs: min {min(loads):.2f} median {statistics.median(loads):.2f} max {max(loads):.2f}")
 doc = {"benchmark": "pgbench -c 8 -j 2 (S, N) and -c 1 -j 1 (S1) scale 10, direct vs pgha write port vs HAProxy 2.6 TCP, alternating",
        "rounds": int(sys.argv[3]), "duration_s": int(sys.argv[4]), "results": summary,
