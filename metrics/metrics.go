@@ -242,7 +242,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for i, l := range s.Proxy.Loops {
-		counter(dLoopBusy, l.BusySeconds, strconv.Itoa(i))
-		gauge(dLoopSessions, float64(l.Sessions), strconv.Itoa(i))
+		loop := strconv.Itoa(i)
+		counter(dLoopBusy, l.BusySeconds, loop)
+		gauge(dLoopSessions, float64(l.Sessions), loop)
 	}
 }

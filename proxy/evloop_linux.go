@@ -184,8 +184,9 @@ func newEvloop(log *slog.Logger) (*evloop, error) {
 	return l, nil
 }
 
-// wait fills l.events with the next batch and returns its size; 0 when
-// a second passed with nothing (run then sweeps the fin timeouts).
+// wait fills l.events with the next batch and returns its size (now is the
+// current time); 0 when a second passed with nothing (run then sweeps
+// the fin timeouts).
 //
 // It never blocks in epoll_wait. It polls the loop's set with a zero
 // timeout (a raw system call: under load the next events are usually
@@ -199,13 +200,13 @@ func newEvloop(log *slog.Logger) (*evloop, error) {
 // per transaction than with the park (bench/RESULTS.md). Parked, the
 // loop is an ordinary goroutine: the thread already polling the
 // runtime's netpoller runs it as soon as its set is ready.
-func (l *evloop) wait() (int, error) {
+func (l *evloop) wait(now time.Time) (int, error) {
 	// The park always has a deadline at most sweepEvery ahead: it paces
 	// the fin-timeout sweep, and it bounds the wait should a kernel
 	// ever fail to wake the pollers of a nested epoll set (DESIGN.md).
 	// Re-armed only once passed: one timer change a second, not one
 	// per batch.
-	if now := time.Now(); !now.Before(l.parkUntil) {
+	if !now.Before(l.parkUntil) {
 		l.parkUntil = now.Add(sweepEvery)
 		// Fails only on a closed file; without its deadline the loop
 		// would neither sweep nor be bounded, so run fails the loop.
@@ -329,8 +330,10 @@ func (l *evloop) stop() {
 func (l *evloop) run() {
 	defer l.shutdown()
 	events := l.events
+	// One clock read ends a batch's busy time and dates the next wait.
+	now := time.Now()
 	for {
-		n, err := l.wait()
+		n, err := l.wait(now)
 		start := time.Now()
 		if err != nil {
 			// Cannot happen with valid arguments; ending every session
@@ -362,7 +365,8 @@ func (l *evloop) run() {
 		if l.halfOpen > 0 {
 			l.sweep()
 		}
-		l.busyNanos.Add(int64(time.Since(start)))
+		now = time.Now()
+		l.busyNanos.Add(int64(now.Sub(start)))
 	}
 }
 
