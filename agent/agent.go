@@ -1,7 +1,21 @@
-// Package agent is the per-node controller: it ties Raft (raftfsm),
-// gossip (membership), the local PostgreSQL (pgnode) and the REST API
-// together and runs the HA loop. The loop gathers inputs, calls the pure
-// Decide function and performs the actions it returns.
+// Package agent is the per-node controller: it wires Raft (raftfsm),
+// gossip (membership), the local PostgreSQL (pgnode), the proxy and the
+// REST API together and runs the goroutines that keep them in step. Each
+// goroutine owns its state; DESIGN.md says which owns what. The decisions
+// themselves are pure functions elsewhere (agent/decide, agent/routing).
+//
+// Files, by owner:
+//   - agent.go: wiring (New, Run, shutdown);
+//   - leadership.go: the leadership watcher (Raft's NotifyCh, Barrier);
+//   - loop.go, probe.go, execute.go, postgres.go, formation.go: the HA
+//     loop, what it observes and the actions it performs;
+//   - term.go, sync.go: the leader term, made after the term's Barrier
+//     and dropped with leadership (member reconciliation, transfers, the
+//     synchronous set);
+//   - fence.go: the fence watchdog;
+//   - routes.go: the proxy's routing loop;
+//   - backend.go and op_*.go: the operator backend behind api.Backend;
+//     view.go, check.go: what the API reads.
 package agent
 
 import (
@@ -40,105 +54,50 @@ const loopInterval = time.Second
 // applyTimeout bounds one Raft commit.
 const applyTimeout = 5 * time.Second
 
-// Agent is one pgha node.
+// Agent is one pgha node. Its fields are the node's parts and the small
+// boards through which goroutines share what they own; none of the HA
+// loop's own state lives here (see haLoop).
 type Agent struct {
-	cfg    *config.Config
-	log    *slog.Logger
-	raft   *raftfsm.Node
-	gossip *membership.Gossip
-	pg     *pgnode.Node
+	cfg *config.Config
+	log *slog.Logger
+
+	raft   consensus
+	gossip gossipNet
+	pg     localPG // nil on a witness
 	api    *api.Server
 	proxy  *proxy.Proxy
-
-	// leaderReady is true while this node is Raft leader and has passed
-	// the Barrier of its current term.
-	leaderReady atomic.Bool
-	leaderTerm  atomic.Uint64
-	// leaderSince is when this node last became leader (time.Time);
-	leaderSince atomic.Value
-	// primaryContact (time.Time) is this node's last Raft contact with the
-	// primary's node while that node led: the start of a failover's write
-	// downtime as the agents saw it.
-	primaryContact atomic.Value
-	// primaryUp is true while the local PostgreSQL runs as a primary: the
-	// fence watchdog guards it.
-	primaryUp atomic.Bool
-	// fencedAt and confirmedAt (unix ns): after a fence, the node does
-	// not act as leader until a leadership confirmation asked for after
-	// the fence succeeded.
-	fencedAt     atomic.Int64
-	confirmedAt  atomic.Int64
-	steppingDown atomic.Bool
-	// scheduledRunning: a scheduled switchover is being carried out.
-	scheduledRunning atomic.Bool
-	// yield: this record holder cannot run PostgreSQL as primary (see
-	// primaryStartTimeout); failingSince is when its attempts began to
-	// fail (HA loop only).
-	yield          atomic.Bool
-	failingSince   time.Time
-	lastStart      time.Time     // when the HA loop last started PostgreSQL (HA loop only)
-	lostLeadership chan struct{} // poked when Raft leadership is lost
-	// actionMu is held by each HA loop round and by a switchover, which
-	// must own PostgreSQL while it runs.
-	actionMu sync.Mutex
-
-	wake chan struct{} // coalesced: run the HA loop now
-
-	mu              sync.Mutex
-	status          NodeStatus // what this node last observed; guarded by mu
-	lastLSNAt       time.Time  // last commit of the primary LSN (HA loop only)
-	lastSlots       time.Time  // last slot reconcile (HA loop only)
-	seenSet         string     // bootstrap candidate set seen last round (HA loop only)
-	seenSince       time.Time
-	slotsFor        string               // member set the slots were last made for (HA loop only)
-	lastTransfer    time.Time            // last leadership transfer attempt (HA loop only)
-	nonvoters       map[string]time.Time // leader: when each non-voter was first seen; guarded by mu
-	wantJoin        atomic.Bool          // ask the leader to add this node to Raft
-	savedPeers      string               // peers last written to peers.json (HA loop only)
-	syncAdding      *syncPending         // standby being made synchronous (HA loop only)
-	syncAddingSince time.Time            // (HA loop only)
-	badParams       string               // dynamic parameters last rejected (HA loop only)
-	replicas        []pgnode.ReplicaInfo // pg_stat_replication at the last probe; guarded by mu
 
 	metrics      *metrics.Registry
 	tls          *tlsconf.Bundle   // nil without TLS
 	apiTransport http.RoundTripper // shared by calls to other members' APIs
-	lastWritable []string          // writable members as last settled (see watchWritable); guarded by mu
-	multiSince   time.Time         // since when more than one member looks writable (HA loop only)
-	// oldTimelineSince: since when this replica runs on an older timeline
-	// without streaming (HA loop only; see LocalPG.OldTimelineFor).
-	oldTimelineSince time.Time
-	refusedJoins     map[string]string // joins refused and logged, by member (HA loop only)
-	checkMu          sync.Mutex        // one Check inspection at a time
-	checkIn          checkInput        // the last one, guarded by checkMu
-	checkAt          time.Time         // when it was gathered, guarded by checkMu
 
-	formation atomic.Bool // raft runs on fast timers until a leader exists
-	leaving   atomic.Bool
-	left      atomic.Bool   // removed from Raft by a graceful leave
+	// lead is the leadership the watcher established (term, Barrier
+	// passed, since when); written by watchLeadership only.
+	lead leadershipBoard
+	// guard is the fence watchdog's latch and arming; see fence.go.
+	guard watchdog
+	// status is what the HA loop last observed, for the API; written by
+	// the HA loop only.
+	status statusBoard
+	// loop is the HA loop. Its state is its own: others reach it only
+	// through loop.do, which runs a job on the loop's goroutine.
+	loop *haLoop
+
+	wake       chan struct{} // coalesced: run the HA loop now
+	routesWake chan struct{} // coalesced: recompute the proxy's routes now
+
+	// wantJoin: ask the leader to add this node (set by Join and by
+	// formation, read by the HA loop's publish).
+	wantJoin atomic.Bool
+	// leaving is set while a graceful leave runs (the HA loop stands
+	// still) and left once Raft has removed this node.
+	leaving, left atomic.Bool
+
+	check checkCache
+
 	shutdown  chan struct{} // closed to ask Run to return (after leave)
 	closeOnce sync.Once
 	wg        sync.WaitGroup
-}
-
-// NodeStatus is the local node's view, served by the API.
-type NodeStatus struct {
-	Name      string    `json:"name"`
-	Role      string    `json:"role"`  // primary, replica, witness, or ""
-	State     string    `json:"state"` // running, streaming, stopped, cloning...
-	Timeline  uint32    `json:"timeline,omitempty"`
-	WAL       uint64    `json:"wal_lsn,omitempty"`
-	Receive   uint64    `json:"receive_lsn,omitempty"`
-	Replay    uint64    `json:"replay_lsn,omitempty"`
-	ReplayLag float64   `json:"replay_lag_seconds,omitempty"`
-	Streaming bool      `json:"streaming,omitempty"`
-	SysID     uint64    `json:"system_id,string,omitempty"`
-	Waiting   string    `json:"waiting,omitempty"` // why nothing happens
-	Pending   bool      `json:"pending_restart,omitempty"`
-	Error     string    `json:"error,omitempty"`
-	LoopAt    time.Time `json:"loop_at"`
-	PGRunning bool      `json:"-"`
-	InRecov   bool      `json:"-"`
 }
 
 // New builds an agent from a validated configuration. It opens Raft and
@@ -147,9 +106,10 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 	if err := makeDataDir(cfg); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: logger, wake: make(chan struct{}, 1), shutdown: make(chan struct{}), lostLeadership: make(chan struct{}, 1)}
-	a.status.Name = cfg.Name
-	a.refusedJoins = map[string]string{}
+	a := &Agent{cfg: cfg, log: logger, wake: make(chan struct{}, 1), routesWake: make(chan struct{}, 1),
+		shutdown: make(chan struct{})}
+	a.guard.lost, a.guard.wake = make(chan struct{}, 1), make(chan struct{}, 1)
+	a.status.s.Name = cfg.Name
 	if cfg.TLS.Enabled() {
 		// Loaded once, before anything listens: a bad file stops the start
 		// with a message naming it.
@@ -165,7 +125,76 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 	}
 	a.apiTransport = api.NewTransport(peerTLS)
 
-	pgCfg := pgnode.Config{
+	var closers []func() error
+	fail := func(err error) (*Agent, error) {
+		for i := len(closers) - 1; i >= 0; i-- {
+			_ = closers[i]()
+		}
+		return nil, err
+	}
+	if !cfg.Witness {
+		pg, err := pgnode.New(pgnodeConfig(cfg, logger))
+		if err != nil {
+			return nil, err
+		}
+		a.pg = pg // only a real node: a nil *pgnode.Node would make a non-nil interface
+		closers = append(closers, pg.Close)
+	}
+
+	rn, err := raftfsm.Open(raftfsm.Options{
+		ID:                 cfg.Name,
+		Dir:                filepath.Join(cfg.DataDir, "raft"),
+		BindAddr:           cfg.Raft.Addr,
+		Advertise:          cfg.Raft.Advertise,
+		HeartbeatTimeout:   cfg.Raft.HeartbeatTimeout.Duration,
+		ElectionTimeout:    cfg.Raft.ElectionTimeout.Duration,
+		LeaderLeaseTimeout: cfg.Raft.LeaderLeaseTimeout.Duration,
+		SnapshotThreshold:  uint64(cfg.Raft.SnapshotThreshold),
+		LogOutput:          logOut,
+		LogLevel:           raftLogLevel(cfg.LogLevel),
+		TLSServer:          raftServerTLS(a.tls),
+		TLSClient:          raftClientTLS(a.tls),
+	})
+	if err != nil {
+		return fail(err)
+	}
+	a.raft = raftNode{rn}
+	closers = append(closers, rn.Close)
+
+	g, err := membership.New(membership.Options{
+		Name:      cfg.Name,
+		Cluster:   cfg.Cluster,
+		BindAddr:  cfg.Gossip.Addr,
+		Advertise: cfg.Gossip.Advertise,
+		Logger:    logger.With("component", "gossip"),
+		LogOutput: gossipLogOutput(cfg.LogLevel, logOut),
+		Key:       cfg.GossipKey(),
+	}, a.baseMeta())
+	if err != nil {
+		return fail(err)
+	}
+	a.gossip = g
+	closers = append(closers, g.Close)
+
+	px, err := newProxy(cfg, logger)
+	if err != nil {
+		return fail(err)
+	}
+	a.proxy = px
+	closers = append(closers, px.Close)
+	a.metrics = metrics.New(a)
+	srv, err := api.New(a.apiOptions(logger), a)
+	if err != nil {
+		return fail(err)
+	}
+	a.api = srv
+	a.loop = newHALoop(a)
+	return a, nil
+}
+
+// pgnodeConfig is the local PostgreSQL's configuration from the node's.
+func pgnodeConfig(cfg *config.Config, logger *slog.Logger) pgnode.Config {
+	return pgnode.Config{
 		Name:               cfg.Name,
 		BinDir:             cfg.PostgreSQL.BinDir,
 		DataDir:            cfg.PostgreSQL.DataDir,
@@ -185,70 +214,6 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 		TLS:                pgnode.TLSFiles(cfg.TLS),
 		Logger:             logger.With("component", "postgres"),
 	}
-	var pg *pgnode.Node
-	if !cfg.Witness {
-		var err error
-		if pg, err = pgnode.New(pgCfg); err != nil {
-			return nil, err
-		}
-	}
-	a.pg = pg
-
-	rn, err := raftfsm.Open(raftfsm.Options{
-		ID:                 cfg.Name,
-		Dir:                filepath.Join(cfg.DataDir, "raft"),
-		BindAddr:           cfg.Raft.Addr,
-		Advertise:          cfg.Raft.Advertise,
-		HeartbeatTimeout:   cfg.Raft.HeartbeatTimeout.Duration,
-		ElectionTimeout:    cfg.Raft.ElectionTimeout.Duration,
-		LeaderLeaseTimeout: cfg.Raft.LeaderLeaseTimeout.Duration,
-		SnapshotThreshold:  uint64(cfg.Raft.SnapshotThreshold),
-		LogOutput:          logOut,
-		LogLevel:           raftLogLevel(cfg.LogLevel),
-		TLSServer:          raftServerTLS(a.tls),
-		TLSClient:          raftClientTLS(a.tls),
-	})
-	if err != nil {
-		a.closePG()
-		return nil, err
-	}
-	a.raft = rn
-
-	g, err := membership.New(membership.Options{
-		Name:      cfg.Name,
-		Cluster:   cfg.Cluster,
-		BindAddr:  cfg.Gossip.Addr,
-		Advertise: cfg.Gossip.Advertise,
-		Logger:    logger.With("component", "gossip"),
-		LogOutput: gossipLogOutput(cfg.LogLevel, logOut),
-		Key:       cfg.GossipKey(),
-	}, a.baseMeta())
-	if err != nil {
-		rn.Close()
-		a.closePG()
-		return nil, err
-	}
-	a.gossip = g
-
-	px, err := newProxy(cfg, a)
-	if err != nil {
-		g.Close()
-		rn.Close()
-		a.closePG()
-		return nil, err
-	}
-	a.proxy = px
-	a.metrics = metrics.New(a)
-	srv, err := api.New(a.apiOptions(logger), a)
-	if err != nil {
-		px.Close()
-		g.Close()
-		rn.Close()
-		a.closePG()
-		return nil, err
-	}
-	a.api = srv
-	return a, nil
 }
 
 // raftServerTLS and raftClientTLS put Raft on mutual TLS when the node
@@ -284,6 +249,8 @@ func gossipLogOutput(level string, out io.Writer) io.Writer {
 
 // Run runs the agent until ctx ends or the node has left the cluster,
 // then shuts every part down in order. It returns nil on a clean stop.
+// Every goroutine it starts ends with ctx; close waits for them all
+// before it stops the parts they use.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -292,18 +259,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		"postgres", net.JoinHostPort(a.cfg.PostgreSQL.Listen, strconv.Itoa(a.cfg.PostgreSQL.Port)),
 		"raft_state_on_disk", a.raft.HadState())
 
-	if !a.raft.HadState() {
-		if err := a.raft.SetFormationTimeouts(true); err != nil {
-			a.log.Warn("fast first election", "err", err)
-		} else {
-			a.formation.Store(true)
-		}
-	}
+	a.loop.startFormation()
 	a.gossip.RetryJoin(a.joinAddrs())
 	a.spawn(func() { a.api.Serve(ctx) })
 	a.spawn(func() { a.watchLeadership(ctx) })
 	a.spawn(func() { a.relayEvents(ctx) })
-	a.spawn(func() { a.haLoop(ctx) })
+	a.spawn(func() { a.loop.run(ctx) })
 	a.spawn(func() { a.fenceLoop(ctx) })
 	a.spawn(func() { a.beat(ctx) })
 	a.spawn(func() { a.proxy.Serve(ctx) })
@@ -339,9 +300,9 @@ func (a *Agent) close() error {
 		if err := a.pg.Stop(stopCtx, pgnode.StopFast); err != nil {
 			errs = append(errs, err)
 		}
-	}
-	if err := a.closePG(); err != nil {
-		errs = append(errs, err)
+		if err := a.pg.Close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if !a.leaving.Load() {
 		_ = a.gossip.Leave(500 * time.Millisecond)
@@ -360,68 +321,31 @@ func (a *Agent) close() error {
 }
 
 // poke wakes the HA loop without blocking.
-func (a *Agent) poke() {
+func (a *Agent) poke() { notify(a.wake) }
+
+// pokeRoutes makes the routing loop recompute without blocking.
+func (a *Agent) pokeRoutes() { notify(a.routesWake) }
+
+func notify(ch chan struct{}) {
 	select {
-	case a.wake <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
 
-// relayEvents turns FSM changes and gossip events into HA loop wake-ups.
+// relayEvents is the one reader of the FSM's and gossip's change
+// channels: it turns each change into wake-ups of the HA loop and the
+// routing loop.
 func (a *Agent) relayEvents(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-a.raft.FSM().Changed():
-			a.poke()
+		case <-a.raft.Changed():
 		case <-a.gossip.Events():
-			a.poke()
 		}
-	}
-}
-
-// watchLeadership consumes Raft's NotifyCh. On gaining leadership it runs
-// a Barrier so the FSM holds every committed entry before the HA loop
-// acts as leader; only then is leaderReady set. One barrier per term.
-func (a *Agent) watchLeadership(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case isLeader := <-a.raft.LeaderNotify():
-			if !isLeader {
-				a.leaderReady.Store(false)
-				a.leaderSince.Store(time.Time{})
-				a.log.Info("lost raft leadership")
-				select {
-				case a.lostLeadership <- struct{}{}:
-				default:
-				}
-				a.poke()
-				continue
-			}
-			a.leaderSince.Store(time.Now())
-			term := a.raft.Term()
-			a.log.Info("gained raft leadership", "term", term)
-			// Retry the barrier while this term lasts: without it the node
-			// would hold leadership without ever acting on it.
-			for {
-				err := a.raft.Barrier(5 * time.Second)
-				if err == nil {
-					break
-				}
-				a.log.Warn("leader barrier failed", "err", err)
-				if !a.raft.IsLeader() || a.raft.Term() != term || ctx.Err() != nil {
-					break
-				}
-			}
-			if a.raft.IsLeader() && a.raft.Term() == term {
-				a.leaderTerm.Store(term)
-				a.leaderReady.Store(true)
-			}
-			a.poke()
-		}
+		a.poke()
+		a.pokeRoutes()
 	}
 }
 
@@ -457,26 +381,6 @@ func (a *Agent) apiClient(addr string) *api.Client {
 	return api.NewClientWith(addr, o)
 }
 
-// isLeader is the leadership the HA loop acts on: Raft says leader and
-// the barrier of this term passed.
-func (a *Agent) isLeader() bool {
-	return a.leaderReady.Load() && a.raft.IsLeader() && a.raft.Term() == a.leaderTerm.Load() &&
-		a.fencedAt.Load() <= a.confirmedAt.Load()
-}
-
-func (a *Agent) setStatus(f func(*NodeStatus)) {
-	a.mu.Lock()
-	f(&a.status)
-	a.mu.Unlock()
-}
-
-// Status returns the node's last observed status.
-func (a *Agent) Status() NodeStatus {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.status
-}
-
 // baseMeta is the static part of the gossip metadata.
 func (a *Agent) baseMeta() membership.Meta {
 	c := a.cfg
@@ -496,23 +400,12 @@ func (a *Agent) baseMeta() membership.Meta {
 	}
 }
 
-// closePG closes pgnode (a witness has none).
-func (a *Agent) closePG() error {
-	if a.pg == nil {
-		return nil
-	}
-	return a.pg.Close()
-}
-
 func advertiseOr(adv, addr string) string {
 	if adv != "" {
 		return adv
 	}
 	return addr
 }
-
-func (a *Agent) setJoinWanted()   { a.wantJoin.Store(true) }
-func (a *Agent) joinWanted() bool { return a.wantJoin.Load() }
 
 // makeDataDir creates the node's data directory when it does not exist.
 // When the agent runs as root it belongs to the PostgreSQL OS user, who
@@ -537,4 +430,14 @@ func makeDataDir(cfg *config.Config) error {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	return nil
+}
+
+// discardRaftState removes the Raft directory of a node that has left.
+func (a *Agent) discardRaftState() {
+	dir := filepath.Join(a.cfg.DataDir, "raft")
+	if err := os.RemoveAll(dir); err != nil {
+		a.log.Warn("discard raft state", "dir", dir, "err", err)
+		return
+	}
+	a.log.Info("discarded the Raft state of this former member", "dir", dir)
 }

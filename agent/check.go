@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pgha/pgha/api"
@@ -39,27 +40,34 @@ type checkInput struct {
 // connection; those must stay free for failover work.
 const checkCacheFor = time.Second
 
+// checkCache is the last inspection, shared by the API's goroutines.
+type checkCache struct {
+	mu sync.Mutex // one inspection at a time
+	in checkInput
+	at time.Time
+}
+
 // Check runs the operator's health check: `pgha check`, Nagios, cron.
 // One inspection at a time, reused for checkCacheFor.
 func (a *Agent) Check(ctx context.Context, o api.CheckOptions) api.CheckResult {
-	a.checkMu.Lock()
-	defer a.checkMu.Unlock()
-	if time.Since(a.checkAt) < checkCacheFor {
-		return evaluateCheck(a.checkIn, o)
+	a.check.mu.Lock()
+	defer a.check.mu.Unlock()
+	if time.Since(a.check.at) < checkCacheFor {
+		return evaluateCheck(a.check.in, o)
 	}
-	a.checkIn, a.checkAt = a.gatherCheck(ctx), time.Now()
-	return evaluateCheck(a.checkIn, o)
+	a.check.in, a.check.at = a.gatherCheck(ctx), time.Now()
+	return evaluateCheck(a.check.in, o)
 }
 
 func (a *Agent) gatherCheck(ctx context.Context) checkInput {
-	st := a.raft.FSM().State()
+	st := a.raft.ClusterState()
 	in := checkInput{
 		Now:         time.Now(),
 		Health:      a.Health(),
 		RaftContact: -1,
 		Initialized: st.Primary != nil,
 		Witness:     a.cfg.Witness,
-		Writable:    a.writable(),
+		Writable:    a.Status().Writable,
 		SyncMode:    st.Config.SynchronousMode,
 		SyncSet:     st.SyncSet,
 	}

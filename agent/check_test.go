@@ -113,18 +113,18 @@ func TestEvaluateCheck(t *testing.T) {
 
 func TestSettleWritable(t *testing.T) {
 	var logged strings.Builder
-	a := &Agent{log: slog.New(slog.NewTextHandler(&logged, nil))}
+	a := newHALoop(&Agent{log: slog.New(slog.NewTextHandler(&logged, nil))})
 	t0 := time.Now()
 	a.settleWritable(t0, []string{"n1"})
 	// A failover: the old primary's stale gossip and the new primary
 	// overlap for a moment. Not reported.
 	a.settleWritable(t0.Add(time.Second), []string{"n1", "n2"})
 	a.settleWritable(t0.Add(2*time.Second), []string{"n1", "n2"})
-	if got := a.writable(); len(got) != 1 || got[0] != "n1" {
+	if got := a.status.get().Writable; len(got) != 1 || got[0] != "n1" {
 		t.Fatalf("transient overlap reported: %v", got)
 	}
 	a.settleWritable(t0.Add(2500*time.Millisecond), []string{"n2"})
-	if got := a.writable(); len(got) != 1 || got[0] != "n2" {
+	if got := a.status.get().Writable; len(got) != 1 || got[0] != "n2" {
 		t.Fatalf("after the overlap: %v", got)
 	}
 	if strings.Contains(logged.String(), "more than one") {
@@ -134,7 +134,7 @@ func TestSettleWritable(t *testing.T) {
 	a.settleWritable(t0.Add(3*time.Second), []string{"n1", "n2"})
 	a.settleWritable(t0.Add(6*time.Second), []string{"n1", "n2"})
 	a.settleWritable(t0.Add(7*time.Second), []string{"n1", "n2"})
-	if got := a.writable(); len(got) != 2 {
+	if got := a.status.get().Writable; len(got) != 2 {
 		t.Fatalf("lasting split brain not reported: %v", got)
 	}
 	if n := strings.Count(logged.String(), "more than one member"); n != 1 {

@@ -31,10 +31,10 @@ func (a *Agent) knownPeers() []string {
 
 // savePeers writes the current gossip peers when they changed. Only
 // members of the Raft configuration count: they are the cluster.
-func (a *Agent) savePeers(inRaft map[string]bool) {
+func (l *haLoop) savePeers(inRaft map[string]bool) {
 	var peers []string
-	for name, m := range a.gossipByName() {
-		if name != a.cfg.Name && inRaft[name] {
+	for name, m := range l.gossipByName() {
+		if name != l.cfg.Name && inRaft[name] {
 			peers = append(peers, m.Addr)
 		}
 	}
@@ -43,20 +43,20 @@ func (a *Agent) savePeers(inRaft map[string]bool) {
 	}
 	sort.Strings(peers)
 	key := strings.Join(peers, ",")
-	if key == a.savedPeers {
+	if key == l.savedPeers {
 		return
 	}
 	data, _ := json.Marshal(peers)
-	tmp := a.peersPath() + ".tmp"
+	tmp := l.peersPath() + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		a.log.Warn("save peers", "err", err)
+		l.log.Warn("save peers", "err", err)
 		return
 	}
-	if err := os.Rename(tmp, a.peersPath()); err != nil {
-		a.log.Warn("save peers", "err", err)
+	if err := os.Rename(tmp, l.peersPath()); err != nil {
+		l.log.Warn("save peers", "err", err)
 		return
 	}
-	a.savedPeers = key
+	l.savedPeers = key
 }
 
 // joinAddrs is the configured join list plus the saved peers.

@@ -2,137 +2,83 @@ package agent
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
+	"github.com/pgha/pgha/agent/routing"
 	"github.com/pgha/pgha/config"
-	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/proxy"
-	"github.com/pgha/pgha/raftfsm"
 )
 
-// routeTick is how often the proxy's routing table is recomputed: fast
-// enough that the write port follows a switchover within one tick, cheap
-// enough (a copy of the small FSM and the gossip view) to run constantly.
-const routeTick = 100 * time.Millisecond
+// The routing loop keeps the proxy's routing table in step with the
+// cluster. It recomputes on change, not on a clock: when the FSM or the
+// gossip view changes (relayEvents), when leadership changes
+// (watchLeadership), and when this follower's contact with the leader may
+// have run out (a timer at the end of the leader lease). Replica lag and
+// the staleness of a member's status move without a gossip event, so the
+// table is also refreshed every lagRefresh.
+const lagRefresh = time.Second
 
-// routeLoop keeps the proxy's routing table in step with the cluster.
+// contactRecheck is how often the routing loop looks for the leader's
+// contact while this node has none.
+const contactRecheck = 100 * time.Millisecond
+
+// routeLoop owns the proxy's routing table.
 func (a *Agent) routeLoop(ctx context.Context) {
-	t := time.NewTicker(routeTick)
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-a.routesWake:
 		case <-t.C:
 		}
-		a.proxy.SetRoutes(a.routes())
-	}
-}
-
-// routes computes where the proxy sends new connections. When in doubt it
-// routes writes nowhere (they are held, not refused):
-//   - no primary record, or its holder does not report PostgreSQL running
-//     as primary (a switchover or failover in progress);
-//   - this node has not heard from the Raft leader for longer than the
-//     leader lease: it may be on the minority side of a partition, where
-//     the primary it knows may already have been replaced.
-//
-// Reads go to replicas that stream within proxy.max_replica_lag and have
-// no noloadbalance tag.
-func (a *Agent) routes() proxy.Routes {
-	var r proxy.Routes
-	st := a.raft.FSM().State()
-	if st.Primary == nil || st.SystemID == 0 {
-		return r
-	}
-	gossip := a.gossipByName()
-	if g, ok := gossip[st.Primary.Member]; ok && g.Alive && g.Meta.Role == "primary" && g.Meta.PGState == "running" {
-		if m, ok := st.Members[st.Primary.Member]; ok && m.PGAddr != "" && a.leaderContact() {
-			b := &proxy.Backend{Name: st.Primary.Member, Addr: m.PGAddr}
-			if st.Primary.Demoting {
-				r.Draining = b // switchover: hold new connections, keep open ones
-			} else {
-				r.Primary = b
-			}
+		contact, until := a.leaderContact(time.Now())
+		r := routing.Routes(routing.Input{
+			State: a.raft.ClusterState(), Gossip: a.gossipByName(),
+			LeaderContact: contact, MaxReplicaLag: a.cfg.Proxy.MaxReplicaLag.Bytes,
+		})
+		a.proxy.SetRoutes(r)
+		next := lagRefresh
+		switch {
+		case contact && until > 0 && until < next:
+			next = until // look again the moment the lease may run out
+		case !contact:
+			// No event says that contact is back: look often while it
+			// is missing (only then), so writes resume promptly.
+			next = contactRecheck
 		}
+		t.Reset(next)
 	}
-	primaryWAL := primaryPosition(st, gossip)
-	maxLag, _ := config.ParseSize(a.cfg.Proxy.MaxReplicaLag)
-	for _, name := range st.MemberNames() {
-		m := st.Members[name]
-		g, ok := gossip[name]
-		if !ok || !g.Alive || m.Witness || m.PGAddr == "" || name == st.Primary.Member {
-			continue
-		}
-		if g.Meta.Role != "replica" || g.Meta.PGState != "streaming" || g.Meta.NoLB {
-			continue
-		}
-		if behind(primaryWAL, g.Meta.WAL) > maxLag {
-			continue
-		}
-		r.Replicas = append(r.Replicas, proxy.Backend{Name: name, Addr: m.PGAddr})
-	}
-	return r
 }
 
 // leaderContact reports whether this node is the leader or has heard
-// from one within the leader lease.
-func (a *Agent) leaderContact() bool {
+// from one within the leader lease, and for how much longer that holds
+// (0 when it does not, or on the leader, whose own lease check fences).
+func (a *Agent) leaderContact(now time.Time) (bool, time.Duration) {
 	if a.raft.IsLeader() {
-		return true
+		return true, 0
 	}
 	if id, _ := a.raft.Leader(); id == "" {
-		return false
+		return false, 0
 	}
-	return time.Since(a.raft.LastContact()) <= a.cfg.Raft.LeaderLeaseTimeout.Duration
+	left := a.cfg.Raft.LeaderLeaseTimeout.Duration - now.Sub(a.raft.LastContact())
+	if left < 0 {
+		return false, 0
+	}
+	return true, left + time.Millisecond
 }
 
 // newProxy opens the proxy's ports.
-func newProxy(cfg *config.Config, a *Agent) (*proxy.Proxy, error) {
+func newProxy(cfg *config.Config, logger *slog.Logger) (*proxy.Proxy, error) {
 	return proxy.New(proxy.Config{
 		WriteAddr:           cfg.Proxy.WriteAddr,
 		ReadAddr:            cfg.Proxy.ReadAddr,
 		HoldTimeout:         cfg.Proxy.HoldTimeout.Duration,
 		MaxConn:             cfg.Proxy.MaxConn,
 		ReadFallbackPrimary: cfg.Proxy.ReadFallbackPrimary,
-		Loops:               eventLoops(cfg.Proxy.EventLoops),
-		Logger:              a.log.With("component", "proxy"),
+		Loops:               cfg.Proxy.EventLoops,
+		Logger:              logger.With("component", "proxy"),
 	})
-}
-
-// ProxyStats answers GET /proxy.
-func (a *Agent) ProxyStats() any { return a.proxy.Stats() }
-
-// primaryPosition is the primary's WAL position: its own gossip (fresher)
-// when it reports itself running as primary, else the last position
-// recorded in the FSM; 0 when neither is known.
-func primaryPosition(st raftfsm.State, gossip map[string]membership.Member) uint64 {
-	if st.Primary == nil {
-		return 0
-	}
-	if g, ok := gossip[st.Primary.Member]; ok && g.Meta.Role == "primary" && g.Meta.WAL != 0 {
-		return g.Meta.WAL
-	}
-	if st.PrimaryLSN != nil {
-		return st.PrimaryLSN.LSN
-	}
-	return 0
-}
-
-// behind is how many bytes lsn trails the primary's position (0 when at
-// or ahead of it).
-func behind(primary, lsn uint64) int64 {
-	if primary > lsn {
-		return int64(primary - lsn)
-	}
-	return 0
-}
-
-// eventLoops maps proxy.event_loops (0: none) to proxy.Config.Loops
-// (0: the default, negative: none).
-func eventLoops(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
 }

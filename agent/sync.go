@@ -1,18 +1,20 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/raftfsm"
 )
 
-// Synchronous replication, run by the primary's agent every round.
+// Synchronous replication, run by the primary's agent every round. The
+// primary leads, so this is part of its leader term: a standby being
+// added is bookkeeping of the term and is forgotten with it.
 //
 // The committed synchronous set (FSM SyncSet) is what failover trusts:
 // with synchronous_mode on, only its members may be promoted. So it must
@@ -29,13 +31,18 @@ import (
 // the primary alone); otherwise replication falls back to asynchronous
 // and `pgha list` says so.
 
-// syncPending is a standby being added: waiting for it to be 'sync'.
-type syncPending struct {
-	name   string
-	target uint64 // primary WAL position when the setting changed
+// syncAdding is a standby being added: waiting for it to be 'sync'.
+type syncAdding struct {
+	name   string    // "" when none
+	target uint64    // primary WAL position when the setting changed
+	since  time.Time // when the setting changed
 }
 
-// quoteNames renders FIRST n ("a","b").
+// syncAddTimeout is how long a standby may take to become synchronous
+// before another is tried.
+const syncAddTimeout = 30 * time.Second
+
+// firstN renders FIRST n ("a","b").
 func firstN(names []string) string {
 	if len(names) == 0 {
 		return ""
@@ -63,30 +70,23 @@ func syncNamesFor(cfg raftfsm.DynamicConfig, set []string, adding string) string
 	return firstN(names)
 }
 
-// applyDynamic hands the FSM's dynamic parameters and, on the primary in
-// synchronous mode, the managed synchronous_standby_names to pgnode. The
-// next WriteConfig writes them.
-func (a *Agent) applyDynamic(st raftfsm.State, primary bool) {
-	if a.pg == nil {
-		return
+// syncStandbyNames is the managed synchronous_standby_names for this
+// member in state st (nil when synchronous mode is off: PostgreSQL's
+// default then). As primary it covers the committed set plus a standby
+// being added; as a standby, what it will need the moment it is promoted
+// (the others of the set), so that the first commit after a promotion
+// already waits for them.
+func syncStandbyNames(st raftfsm.State, self string, asPrimary bool, adding string) *string {
+	if !st.Config.SynchronousMode {
+		return nil
 	}
-	var names *string
-	if st.Config.SynchronousMode && primary {
-		adding := ""
-		if a.syncAdding != nil {
-			adding = a.syncAdding.name
-		}
-		v := syncNamesFor(st.Config, st.SyncSet, adding)
-		names = &v
-	} else if st.Config.SynchronousMode {
-		// A standby: what it will need the moment it is promoted.
-		v := syncNamesFor(st.Config, without(st.SyncSet, a.cfg.Name), "")
-		names = &v
+	var v string
+	if asPrimary {
+		v = syncNamesFor(st.Config, st.SyncSet, adding)
+	} else {
+		v = syncNamesFor(st.Config, without(st.SyncSet, self), "")
 	}
-	if bad := a.pg.SetDynamic(st.Config.Parameters, names); len(bad) > 0 && strings.Join(bad, ",") != a.badParams {
-		a.badParams = strings.Join(bad, ",")
-		a.log.Warn("ignoring dynamic parameters pgha manages itself", "parameters", bad)
-	}
+	return &v
 }
 
 func without(set []string, name string) []string {
@@ -101,24 +101,24 @@ func without(set []string, name string) []string {
 
 // manageSync moves the committed synchronous set one step towards the
 // healthy standbys, following the ordering above. It never blocks on a
-// standby: each step's condition is checked again next round.
-func (a *Agent) manageSync(ctx context.Context, in Input) error {
-	st := in.State
+// standby: each step's condition is checked again next round. replicas is
+// pg_stat_replication as the last probe saw it; wal the primary's
+// position.
+func (t *leaderTerm) manageSync(st raftfsm.State, gossip map[string]membership.Member, replicas []pgnode.ReplicaInfo, wal uint64, now time.Time) error {
 	cfg := st.Config
 	epoch := st.Primary.Epoch
 	commit := func(set []string) error {
 		sort.Strings(set)
-		a.log.Info("synchronous standby set", "members", set)
-		return a.raft.Apply(raftfsm.SetSyncSet{Member: a.cfg.Name, Epoch: epoch, Members: set}, applyTimeout)
+		t.log.Info("synchronous standby set", "members", set)
+		return t.raft.Apply(raftfsm.SetSyncSet{Member: t.self, Epoch: epoch, Members: set}, applyTimeout)
 	}
 	if !cfg.SynchronousMode {
-		a.syncAdding = nil
+		t.sync = syncAdding{}
 		if len(st.SyncSet) > 0 {
 			return commit(nil)
 		}
 		return nil
 	}
-	replicas := a.lastReplicas()
 	healthy := map[string]pgnode.ReplicaInfo{}
 	for _, r := range replicas {
 		m, member := st.Members[r.ApplicationName]
@@ -130,8 +130,8 @@ func (a *Agent) manageSync(ctx context.Context, in Input) error {
 		// (the FSM changes first); with the set empty and strict mode off
 		// commits go on unreplicated-synchronously, and no member is a
 		// failover candidate until a standby is back in the set.
-		g, seen := in.Gossip[r.ApplicationName]
-		if member && !m.Witness && r.State == "streaming" && r.ApplicationName != a.cfg.Name && seen && g.Alive {
+		g, seen := gossip[r.ApplicationName]
+		if member && !m.Witness && r.State == "streaming" && r.ApplicationName != t.self && seen && g.Alive {
 			healthy[r.ApplicationName] = r
 		}
 	}
@@ -143,39 +143,38 @@ func (a *Agent) manageSync(ctx context.Context, in Input) error {
 		}
 	}
 	if len(keep) != len(st.SyncSet) {
-		a.syncAdding = nil
+		t.sync = syncAdding{}
 		return commit(keep)
 	}
-	want := cfg.SynchronousNodeCount
-	if want < 1 {
-		want = 1
-	}
+	want := max(cfg.SynchronousNodeCount, 1)
 	if len(st.SyncSet) > want {
 		return commit(append([]string(nil), st.SyncSet[:want]...))
 	}
 	// A standby being added: commit it once it is synchronous and caught up.
-	if p := a.syncAdding; p != nil {
+	if p := t.sync; p.name != "" {
 		r, ok := healthy[p.name]
 		switch {
 		case !ok:
-			a.log.Info("synchronous standby candidate went away", "member", p.name)
-			a.syncAdding = nil
+			t.log.Info("synchronous standby candidate went away", "member", p.name)
+			t.sync = syncAdding{}
 		case r.SyncState == "sync" && r.FlushLSN >= p.target:
-			a.syncAdding = nil
+			t.sync = syncAdding{}
 			return commit(append(append([]string(nil), st.SyncSet...), p.name))
-		case time.Since(a.syncAddingSince) > 30*time.Second:
-			a.log.Warn("standby did not become synchronous in 30s; trying another", "member", p.name, "sync_state", r.SyncState)
-			a.syncAdding = nil
+		case now.Sub(p.since) > syncAddTimeout:
+			t.log.Warn("standby did not become synchronous in time; trying another", "member", p.name, "sync_state", r.SyncState, "waited", syncAddTimeout)
+			t.sync = syncAdding{}
 		}
 		return nil
 	}
 	if len(st.SyncSet) >= want {
 		return nil
 	}
-	// Pick the most advanced healthy standby not yet in the set.
+	// Pick the most advanced healthy standby not yet in the set. A
+	// standby with nofailover may not be synchronous: a synchronous
+	// standby must be promotable.
 	var cands []pgnode.ReplicaInfo
 	for name, r := range healthy {
-		if !st.InSyncSet(name) && !a.noSync(name, in) {
+		if g, ok := gossip[name]; !st.InSyncSet(name) && !(ok && g.Meta.NoFail) {
 			cands = append(cands, r)
 		}
 	}
@@ -188,24 +187,9 @@ func (a *Agent) manageSync(ctx context.Context, in Input) error {
 		}
 		return cands[i].ApplicationName < cands[j].ApplicationName
 	})
-	a.syncAdding = &syncPending{name: cands[0].ApplicationName, target: in.PG.WAL}
-	a.syncAddingSince = time.Now()
-	a.log.Info("adding a synchronous standby", "member", a.syncAdding.name)
+	t.sync = syncAdding{name: cands[0].ApplicationName, target: wal, since: now}
+	t.log.Info("adding a synchronous standby", "member", t.sync.name)
 	return nil
-}
-
-// noSync reports whether a member may not be synchronous (it has the
-// nofailover tag: a synchronous standby must be promotable).
-func (a *Agent) noSync(name string, in Input) bool {
-	g, ok := in.Gossip[name]
-	return ok && g.Meta.NoFail
-}
-
-// lastReplicas returns pg_stat_replication as the last probe saw it.
-func (a *Agent) lastReplicas() []pgnode.ReplicaInfo {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]pgnode.ReplicaInfo(nil), a.replicas...)
 }
 
 // syncStatus says how synchronous replication stands, for `pgha list`.

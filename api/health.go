@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/pgha/pgha/cluster"
 )
 
 // Health endpoints with Patroni's semantics, so that HAProxy checks,
@@ -84,7 +86,7 @@ func checkStandbyLeader(*HealthInfo, url.Values, time.Time) (bool, string) {
 }
 
 func checkRunning(h *HealthInfo, _ url.Values, _ time.Time) (bool, string) {
-	if h.Role == "witness" {
+	if h.Role == cluster.RoleWitness {
 		return true, "" // a witness has no PostgreSQL: healthy while its agent answers
 	}
 	if !h.PGRunning {
@@ -98,7 +100,7 @@ func checkRunning(h *HealthInfo, _ url.Values, _ time.Time) (bool, string) {
 // filters and ?replication_state.
 func replicaOK(h *HealthInfo, q url.Values) (bool, string) {
 	switch {
-	case h.Role != "replica" || !h.InRecovery:
+	case h.Role != cluster.RoleReplica || !h.InRecovery:
 		return false, "not a replica"
 	case !h.PGRunning:
 		return false, "PostgreSQL is not running"
@@ -175,10 +177,10 @@ func checkReadiness(h *HealthInfo, q url.Values, now time.Time) (bool, string) {
 	if ok, _ := checkPrimary(h, q, now); ok {
 		return true, ""
 	}
-	if h.Role == "witness" {
+	if h.Role == cluster.RoleWitness {
 		return checkLiveness(h, q, now)
 	}
-	if h.Role != "replica" || !h.PGRunning {
+	if h.Role != cluster.RoleReplica || !h.PGRunning {
 		return false, "neither a running primary nor a running replica"
 	}
 	if h.ReplicationState != "streaming" {

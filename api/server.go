@@ -17,13 +17,18 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgha/pgha/cluster"
 )
 
 // ErrNotLeader is returned by a Backend for leader-only requests on a
-// follower; the server then forwards the request to the leader.
-var ErrNotLeader = errors.New("not the leader")
+// follower; the server then forwards the request to the leader. It is
+// the cluster's own sentinel: the backend speaks domain errors (package
+// cluster) and this package alone turns them into HTTP (statusOf).
+var ErrNotLeader = cluster.ErrNotLeader
 
-// StatusError is an error with the HTTP status it maps to.
+// StatusError is an error of the API layer itself (a malformed request,
+// a forwarding failure) with the HTTP status it maps to.
 type StatusError struct {
 	Code int
 	Msg  string
@@ -201,12 +206,32 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, err error) {
-	code := http.StatusInternalServerError
+	writeJSON(w, statusOf(err), ErrorBody{Error: err.Error()})
+}
+
+// statusOf maps an error to its HTTP status: the API's own StatusError
+// carries it, a domain error of package cluster says it by its kind, and
+// anything else is an internal error.
+func statusOf(err error) int {
 	var se *StatusError
-	if errors.As(err, &se) {
-		code = se.Code
+	switch {
+	case errors.As(err, &se):
+		return se.Code
+	case errors.Is(err, cluster.ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, cluster.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, cluster.ErrNotInitialised), errors.Is(err, cluster.ErrConflict):
+		return http.StatusConflict
+	case errors.Is(err, cluster.ErrNotLeader):
+		// Only reached when forwarding is not possible (see forward).
+		return http.StatusServiceUnavailable
+	case errors.Is(err, cluster.ErrUnreachable):
+		return http.StatusBadGateway
+	case errors.Is(err, cluster.ErrTimeout):
+		return http.StatusGatewayTimeout
 	}
-	writeJSON(w, code, ErrorBody{Error: err.Error()})
+	return http.StatusInternalServerError
 }
 
 // decode reads a JSON body strictly: at most maxBody bytes in all (so

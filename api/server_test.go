@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/cluster"
 	"go.uber.org/goleak"
 )
 
@@ -438,6 +439,14 @@ func TestBackendErrorsMapToStatus(t *testing.T) {
 		{"status error", api.Errorf(http.StatusConflict, "this node is leaving"), http.StatusConflict, "this node is leaving"},
 		{"wrapped status error", fmt.Errorf("join: %w", api.Errorf(http.StatusGatewayTimeout, "no answer")), http.StatusGatewayTimeout, "join: no answer"},
 		{"plain error", errors.New("disk full"), http.StatusInternalServerError, "disk full"},
+		// The backend speaks domain errors; the API alone picks the status.
+		{"invalid", cluster.Invalidf("no member named %q", "n9"), http.StatusBadRequest, `no member named "n9"`},
+		{"not found", cluster.NotFoundf("no switchover is scheduled"), http.StatusNotFound, "no switchover is scheduled"},
+		{"conflict", cluster.Conflictf("this node is leaving"), http.StatusConflict, "this node is leaving"},
+		{"ineligible", &cluster.IneligibleError{Member: "n3", Reason: "is not a Raft voter"}, http.StatusConflict, "n3 is not a Raft voter"},
+		{"not initialised", cluster.NotInitialisedf("the cluster is not initialised"), http.StatusConflict, "the cluster is not initialised"},
+		{"unreachable", cluster.Unreachablef("cannot reach 10.0.0.1:7946"), http.StatusBadGateway, "cannot reach 10.0.0.1:7946"},
+		{"timeout", fmt.Errorf("join: %w", cluster.Timeoutf("no answer")), http.StatusGatewayTimeout, "join: no answer"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			addr := startServer(t, &fakeBackend{

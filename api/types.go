@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"net/http"
 	"time"
+
+	"github.com/pgha/pgha/cluster"
 )
 
 // ClusterInfo is the body of GET /cluster: the cluster as the answering
@@ -29,20 +31,24 @@ type ClusterInfo struct {
 
 // MemberInfo is one row of `pgha list`.
 type MemberInfo struct {
-	Name     string         `json:"name"`
-	Host     string         `json:"host,omitempty"` // PostgreSQL host:port
-	API      string         `json:"api,omitempty"`
-	Role     string         `json:"role"`  // leader (the primary), replica, witness
-	State    string         `json:"state"` // running, streaming, stopped, cloning, unreachable...
-	Timeline uint32         `json:"timeline,omitempty"`
-	LagBytes *int64         `json:"lag_bytes,omitempty"`
-	WAL      string         `json:"wal_lsn,omitempty"`
-	Raft     string         `json:"raft"` // leader, voter, nonvoter, none
-	Tags     map[string]any `json:"tags,omitempty"`
-	Waiting  string         `json:"waiting,omitempty"`
-	Error    string         `json:"error,omitempty"`
-	Write    string         `json:"write,omitempty"` // proxy write address
-	Read     string         `json:"read,omitempty"`  // proxy read address
+	Name     string          `json:"name"`
+	Host     string          `json:"host,omitempty"` // PostgreSQL host:port
+	API      string          `json:"api,omitempty"`
+	Role     string          `json:"role"`  // leader (the primary), replica, witness
+	State    cluster.PGState `json:"state"` // running, streaming, stopped, cloning, unreachable...
+	Timeline uint32          `json:"timeline,omitempty"`
+	LagBytes *int64          `json:"lag_bytes,omitempty"`
+	WAL      string          `json:"wal_lsn,omitempty"`
+	Raft     string          `json:"raft"` // leader, voter, nonvoter, none
+	Tags     map[string]any  `json:"tags,omitempty"`
+	Waiting  string          `json:"waiting,omitempty"`
+	Error    string          `json:"error,omitempty"`
+	// Ineligible says why this member could not be promoted right now
+	// (the rule automatic failover, switchover and failover apply), ""
+	// when it could be; not set for the primary and witnesses.
+	Ineligible string `json:"ineligible,omitempty"`
+	Write      string `json:"write,omitempty"` // proxy write address
+	Read       string `json:"read,omitempty"`  // proxy read address
 }
 
 // HealthInfo is the body of GET /health and of every Patroni-style health
@@ -53,8 +59,8 @@ type HealthInfo struct {
 	Name    string `json:"name"`
 	Cluster string `json:"scope,omitempty"`
 	// Role is primary, replica, witness or "" (nothing running yet).
-	Role  string `json:"role"`
-	State string `json:"state"`
+	Role  cluster.Role    `json:"role"`
+	State cluster.PGState `json:"state"`
 	// PGRunning: PostgreSQL accepts connections.
 	PGRunning bool `json:"postgres_running"`
 	// InRecovery: PostgreSQL runs as a standby (pg_is_in_recovery()).
@@ -231,10 +237,10 @@ type CheckItem struct {
 
 // CheckResult is the body of GET /check.
 type CheckResult struct {
-	Name   string      `json:"name"`
-	Role   string      `json:"role"`
-	Status string      `json:"status"` // the worst of Checks
-	Checks []CheckItem `json:"checks"`
+	Name   string       `json:"name"`
+	Role   cluster.Role `json:"role"`
+	Status string       `json:"status"` // the worst of Checks
+	Checks []CheckItem  `json:"checks"`
 }
 
 // CheckRank orders statuses from best to worst, for the overall verdict:

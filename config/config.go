@@ -158,7 +158,7 @@ type Proxy struct {
 	HoldTimeout Duration `yaml:"hold_timeout"`
 	// MaxReplicaLag takes a replica out of the read port when it is more
 	// than this many bytes behind the primary ("16MB").
-	MaxReplicaLag string `yaml:"max_replica_lag"`
+	MaxReplicaLag Size `yaml:"max_replica_lag"`
 	// ReadFallbackPrimary sends reads to the primary when no replica is
 	// healthy.
 	ReadFallbackPrimary bool `yaml:"read_fallback_primary"`
@@ -205,7 +205,7 @@ func Default() Config {
 			StartTimeout:       Duration{60 * time.Second},
 		},
 		Proxy: Proxy{WriteAddr: "127.0.0.1:5000", ReadAddr: "127.0.0.1:5001", HoldTimeout: Duration{30 * time.Second},
-			MaxReplicaLag: "16MB", ReadFallbackPrimary: true, MaxConn: 1000, EventLoops: 1},
+			MaxReplicaLag: Size{16 << 20}, ReadFallbackPrimary: true, MaxConn: 1000, EventLoops: 1},
 		Tags: Tags{FailoverPriority: 1},
 	}
 }

@@ -20,6 +20,7 @@ const (
 	KindInt      Kind = "int"
 	KindBool     Kind = "bool"
 	KindDuration Kind = "duration"
+	KindSize     Kind = "size"
 	KindList     Kind = "list"
 	KindMap      Kind = "map"
 )
@@ -157,7 +158,10 @@ type keySchema struct {
 // env var and flag without further code.
 var schema = buildSchema()
 
-var durationType = reflect.TypeFor[Duration]()
+var (
+	durationType = reflect.TypeFor[Duration]()
+	sizeType     = reflect.TypeFor[Size]()
+)
 
 func buildSchema() *keySchema {
 	s := &keySchema{byKey: map[string]*field{}, byEnv: map[string]*field{}}
@@ -184,7 +188,7 @@ func (s *keySchema) walk(t reflect.Type, index []int, prefix string, def reflect
 		f := &field{index: append(slices.Clip(index), i)}
 		f.Key = key
 		s.byKey[key] = f
-		if sf.Type.Kind() == reflect.Struct && sf.Type != durationType {
+		if sf.Type.Kind() == reflect.Struct && sf.Type != durationType && sf.Type != sizeType {
 			f.section = true
 			s.walk(sf.Type, f.index, key, def.Field(i))
 			continue
@@ -215,6 +219,8 @@ func kindOf(t reflect.Type) Kind {
 	switch {
 	case t == durationType:
 		return KindDuration
+	case t == sizeType:
+		return KindSize
 	case t.Kind() == reflect.String:
 		return KindString
 	case t.Kind() == reflect.Int:
@@ -242,6 +248,8 @@ func formatValue(v reflect.Value, f *field) string {
 		return strconv.FormatBool(v.Bool())
 	case KindDuration:
 		return v.Interface().(Duration).String()
+	case KindSize:
+		return v.Interface().(Size).String()
 	case KindList:
 		return strings.Join(v.Interface().([]string), f.Sep)
 	case KindMap:

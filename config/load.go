@@ -335,6 +335,8 @@ func (d *decoder) leaf(n *yaml.Node, f *field) {
 		ok = d.boolean(n, line, f, v)
 	case KindDuration:
 		ok = d.duration(n, line, f, v)
+	case KindSize:
+		ok = d.size(n, line, f, v)
 	case KindList:
 		ok = d.list(n, line, f, v)
 	case KindMap:
@@ -411,6 +413,20 @@ func (d *decoder) duration(n *yaml.Node, line int, f *field, v reflect.Value) bo
 		return false
 	}
 	v.Set(reflect.ValueOf(Duration{dur}))
+	return true
+}
+
+func (d *decoder) size(n *yaml.Node, line int, f *field, v reflect.Value) bool {
+	if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!str" && n.ShortTag() != "!!int") {
+		d.fail(line, f.Key, nil, "expected a size such as 16MB, got %s", describe(n))
+		return false
+	}
+	b, err := ParseSize(n.Value)
+	if err != nil {
+		d.fail(line, f.Key, err, "invalid size %s: write e.g. 16MB, 512kB or a number of bytes", quote(n.Value))
+		return false
+	}
+	v.Set(reflect.ValueOf(Size{b}))
 	return true
 }
 

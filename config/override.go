@@ -122,6 +122,12 @@ func (c *Config) set(f *field, key, value string, o origin) error {
 			return o.errorf(key, err, "%s", msg)
 		}
 		v.Set(reflect.ValueOf(Duration{d}))
+	case KindSize:
+		b, err := ParseSize(value)
+		if err != nil {
+			return o.errorf(key, err, "invalid size %s: write e.g. 16MB, 512kB or a number of bytes", quote(value))
+		}
+		v.Set(reflect.ValueOf(Size{b}))
 	case KindList:
 		items := splitList(value, f.Sep)
 		v.Set(reflect.ValueOf(items))

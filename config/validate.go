@@ -158,9 +158,6 @@ func (c *Config) Validate() error {
 	if c.Proxy.EventLoops < 0 || c.Proxy.EventLoops > 64 {
 		v.fail("proxy.event_loops", "must be between 0 and 64, got %d", c.Proxy.EventLoops)
 	}
-	if _, err := ParseSize(c.Proxy.MaxReplicaLag); err != nil {
-		v.fail("proxy.max_replica_lag", "%v: write e.g. 16MB", err)
-	}
 
 	if c.Tags.FailoverPriority < 0 {
 		v.fail("tags.failover_priority", "must be 0 or more, got %d", c.Tags.FailoverPriority)
@@ -406,25 +403,4 @@ func (v *validator) controlChars() {
 // yields the same error list.
 func sortedKeys(m map[string]string) []string {
 	return slices.Sorted(maps.Keys(m))
-}
-
-// ParseSize parses a size in bytes: "16MB", "1GB", "512kB" or a plain
-// number of bytes.
-func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"KB", 1 << 10}, {"B", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	return n * mult, nil
 }

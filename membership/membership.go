@@ -22,6 +22,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/pgha/pgha/cluster"
 )
 
 // Meta is a node's volatile status. Keys are short because memberlist
@@ -40,23 +41,23 @@ type Meta struct {
 	// JoinProof shows that a joining node or a bootstrap candidate holds
 	// the cluster's API credentials (see agent.joinProof); set only
 	// before the node is in Raft.
-	JoinProof string `json:"jp,omitempty"`
-	Leaving   bool   `json:"l,omitempty"`  // leaving: do not re-add
-	Seen      string `json:"ss,omitempty"` // hash of the bootstrap candidates this node sees
-	Witness   bool   `json:"wi,omitempty"` // no PostgreSQL
-	Role      string `json:"ro,omitempty"` // primary, replica, or empty
-	PGState   string `json:"st,omitempty"` // running, streaming, stopped, cloning...
-	Timeline  uint32 `json:"tl,omitempty"`
-	WAL       uint64 `json:"w,omitempty"`  // primary: current LSN; replica: replay LSN
-	Recv      uint64 `json:"rv,omitempty"` // replica: receive LSN
-	SysID     uint64 `json:"sy,omitempty"` // system identifier of the local data dir
-	NoFail    bool   `json:"nf,omitempty"`
-	NoLB      bool   `json:"nl,omitempty"`
-	Priority  int    `json:"fp,omitempty"`
-	Pending   bool   `json:"rp,omitempty"` // restart pending
-	Err       string `json:"x,omitempty"`  // last error, shortened
-	Wait      string `json:"wt,omitempty"` // why the node is waiting, shortened
-	At        int64  `json:"t,omitempty"`  // unix ms when the status was read
+	JoinProof string          `json:"jp,omitempty"`
+	Leaving   bool            `json:"l,omitempty"`  // leaving: do not re-add
+	Seen      string          `json:"ss,omitempty"` // hash of the bootstrap candidates this node sees
+	Witness   bool            `json:"wi,omitempty"` // no PostgreSQL
+	Role      cluster.Role    `json:"ro,omitempty"` // primary, replica, witness, or none
+	PGState   cluster.PGState `json:"st,omitempty"` // running, streaming, stopped, cloning...
+	Timeline  uint32          `json:"tl,omitempty"`
+	WAL       uint64          `json:"w,omitempty"`  // primary: current LSN; replica: replay LSN
+	Recv      uint64          `json:"rv,omitempty"` // replica: receive LSN
+	SysID     uint64          `json:"sy,omitempty"` // system identifier of the local data dir
+	NoFail    bool            `json:"nf,omitempty"`
+	NoLB      bool            `json:"nl,omitempty"`
+	Priority  int             `json:"fp,omitempty"`
+	Pending   bool            `json:"rp,omitempty"` // restart pending
+	Err       string          `json:"x,omitempty"`  // last error, shortened
+	Wait      string          `json:"wt,omitempty"` // why the node is waiting, shortened
+	At        int64           `json:"t,omitempty"`  // unix ms when the status was read
 }
 
 // MaxMeta is memberlist's limit on node metadata.

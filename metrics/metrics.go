@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -21,8 +22,8 @@ import (
 type Snapshot struct {
 	Name    string
 	Cluster string
-	// Role is primary, replica, witness or "".
-	Role        string
+	// Role is primary, replica, witness or none.
+	Role        cluster.Role
 	PGRunning   bool
 	Primary     bool // holds the primary record and Raft leadership
 	SyncStandby bool
@@ -140,7 +141,7 @@ var (
 	dBackendErrors  = desc("pgha_proxy_backend_errors_total", "Failed dials to a backend.", "port", "backend", "addr")
 )
 
-var roles = []string{"primary", "replica", "witness"}
+var roles = []cluster.Role{cluster.RolePrimary, cluster.RoleReplica, cluster.RoleWitness}
 var raftStates = []string{"Leader", "Follower", "Candidate", "Shutdown"}
 
 type collector struct{ src Source }
@@ -172,9 +173,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(dInfo, 1, s.Name, s.Cluster)
 	gauge(dPrimary, b2f(s.Primary))
-	gauge(dReplica, b2f(s.Role == "replica" && s.PGRunning))
+	gauge(dReplica, b2f(s.Role == cluster.RoleReplica && s.PGRunning))
 	for _, r := range roles {
-		gauge(dRole, b2f(s.Role == r), r)
+		gauge(dRole, b2f(s.Role == r), string(r))
 	}
 	gauge(dSync, b2f(s.SyncStandby))
 	gauge(dPGUp, b2f(s.PGRunning))

@@ -50,7 +50,7 @@ const managedHeader = "# Managed by pgha: rewritten on every configuration chang
 
 // postmasterParams change only at a restart (pg_settings.context =
 // 'postmaster' in PostgreSQL 13-17). A difference in any of them between
-// the old and new file makes WriteConfig report restartNeeded.
+// the old and new file makes WriteConfig report RestartNeeded.
 // primary_conninfo and primary_slot_name are reloadable since 13.
 var postmasterParams = map[string]bool{
 	"archive_mode": true, "autovacuum_freeze_max_age": true, "autovacuum_max_workers": true,
@@ -71,52 +71,91 @@ var postmasterParams = map[string]bool{
 	"wal_level": true, "wal_log_hints": true,
 }
 
-// WriteConfig writes the managed postgresql.conf and pg_hba.conf (and, for
-// a replica, standby.signal; for a primary it removes it) and the pgpass
-// file. up is ignored for RolePrimary. For RoleReplica a nil up makes a
-// standby with no upstream (no primary_conninfo or primary_slot_name)
-// that replays only its own WAL: the agent starts a former replica that
-// way before promoting it, because a data directory started without
-// standby.signal finishes recovery on the timeline it has, whereas a
-// promotion out of standby mode always switches to a new one, which is
-// what lets pg_rewind and the other members tell the histories apart.
-// changed reports whether any file changed (so the caller knows whether
-// to reload); restartNeeded whether a change takes effect only at a
-// restart. Files are replaced atomically; unchanged files are not
-// rewritten.
-func (n *Node) WriteConfig(role Role, up *Upstream) (changed, restartNeeded bool, err error) {
-	n.dataMu.Lock()
-	defer n.dataMu.Unlock()
-	return n.writeConfig(role, up)
+// Desired is everything the agent wants PostgreSQL configured with.
+// pgnode keeps none of it between calls: each WriteConfig renders the
+// files from its argument and the member's Config alone, so the files say
+// exactly what the caller asked for at that moment, never a leftover of an
+// earlier call.
+type Desired struct {
+	Role Role // RolePrimary or RoleReplica
+	// Upstream, for RoleReplica, is where to stream from; nil makes a
+	// standby with no upstream (see WriteConfig). Ignored for RolePrimary.
+	Upstream *Upstream
+	// Parameters are the cluster-wide dynamic parameters (Raft FSM); the
+	// member's own Config.Parameters override them. Keys pgha protects,
+	// malformed entries and synchronous_standby_names (see
+	// SyncStandbyNames) are left out and named in ConfigChange.Ignored.
+	Parameters map[string]string
+	// SyncStandbyNames, when not nil, is the managed
+	// synchronous_standby_names; it overrides any other source.
+	SyncStandbyNames *string
 }
 
-func (n *Node) writeConfig(role Role, up *Upstream) (changed, restartNeeded bool, err error) {
-	if role != RoleReplica {
+// ConfigChange is what WriteConfig did.
+type ConfigChange struct {
+	Changed       bool     // some file changed: reload (or restart) to apply
+	RestartNeeded bool     // a change takes effect only at a restart
+	Ignored       []string // dynamic parameters left out (protected by pgha or malformed), sorted
+}
+
+// WriteConfig writes the managed postgresql.conf and pg_hba.conf (and, for
+// a replica, standby.signal; for a primary it removes it) and the pgpass
+// file, all from d and the member's Config. d.Upstream is ignored for
+// RolePrimary. For RoleReplica a nil d.Upstream makes a standby with no
+// upstream (no primary_conninfo or primary_slot_name) that replays only
+// its own WAL: the agent starts a former replica that way before
+// promoting it, because a data directory started without standby.signal
+// finishes recovery on the timeline it has, whereas a promotion out of
+// standby mode always switches to a new one, which is what lets
+// pg_rewind and the other members tell the histories apart.
+// The result says whether any file changed (so the caller knows whether
+// to reload), whether a change takes effect only at a restart, and which
+// dynamic parameters were left out; an error comes with a zero
+// ConfigChange. Files are replaced atomically; unchanged files are not
+// rewritten.
+func (n *Node) WriteConfig(d Desired) (ConfigChange, error) {
+	n.dataMu.Lock()
+	defer n.dataMu.Unlock()
+	return n.writeConfig(d)
+}
+
+func (n *Node) writeConfig(d Desired) (ConfigChange, error) {
+	if d.Role != RolePrimary && d.Role != RoleReplica {
+		return ConfigChange{}, fmt.Errorf("write config: unknown role %v", d.Role)
+	}
+	up := d.Upstream
+	if d.Role != RoleReplica {
 		up = nil
 	}
 	if up != nil && (up.Host == "" || up.Port <= 0) {
-		return false, false, errors.New("write config: an upstream needs a host and port")
+		return ConfigChange{}, errors.New("write config: an upstream needs a host and port")
 	}
 	if up != nil && up.Slot != "" && !validSlotName(up.Slot) {
-		return false, false, fmt.Errorf("write config: invalid slot name %q", up.Slot)
+		return ConfigChange{}, fmt.Errorf("write config: invalid slot name %q", up.Slot)
+	}
+	// The agent builds the names from validated member names; a line
+	// break would still end the setting early and make PostgreSQL refuse
+	// the whole file, so it is an error here rather than at the reload.
+	if d.SyncStandbyNames != nil && hasControl(*d.SyncStandbyNames) {
+		return ConfigChange{}, errors.New("write config: synchronous_standby_names must not contain control characters")
 	}
 	if st, err := n.DataState(); err != nil {
-		return false, false, fmt.Errorf("write config: %w", err)
+		return ConfigChange{}, fmt.Errorf("write config: %w", err)
 	} else if st != DataValid {
-		return false, false, fmt.Errorf("write config: %w (%s is %s)", ErrNoData, n.cfg.DataDir, st)
+		return ConfigChange{}, fmt.Errorf("write config: %w (%s is %s)", ErrNoData, n.cfg.DataDir, st)
 	}
 	if err := n.ensureRunDir(); err != nil {
-		return false, false, fmt.Errorf("write config: %w", err)
+		return ConfigChange{}, fmt.Errorf("write config: %w", err)
 	}
 	if err := n.writeClientFiles(); err != nil {
-		return false, false, fmt.Errorf("write config: %w", err)
+		return ConfigChange{}, fmt.Errorf("write config: %w", err)
 	}
 
 	dd := n.cfg.DataDir
 	confPath := filepath.Join(dd, confFile)
 	old, err := os.ReadFile(confPath)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, false, fmt.Errorf("write config: %w", err)
+		return ConfigChange{}, fmt.Errorf("write config: %w", err)
 	}
 	oldManaged := err == nil && bytes.HasPrefix(old, []byte(managedHeader))
 	if err == nil && !oldManaged {
@@ -128,11 +167,13 @@ func (n *Node) writeConfig(role Role, up *Upstream) (changed, restartNeeded bool
 			n.log.Warn("postgresql.conf was not pgha's; moved aside", "to", dst)
 		}
 		if err := os.Rename(confPath, dst); err != nil {
-			return false, false, fmt.Errorf("write config: keep original postgresql.conf: %w", err)
+			return ConfigChange{}, fmt.Errorf("write config: keep original postgresql.conf: %w", err)
 		}
 	}
 
-	params := n.parameters(role, up)
+	dynamic, ignored := splitDynamic(d.Parameters)
+	params := n.parameters(d.Role, up, dynamic, d.SyncStandbyNames)
+	var restartNeeded bool
 	if !oldManaged {
 		// We cannot know what the running server (if any) uses.
 		restartNeeded = true
@@ -147,21 +188,20 @@ func (n *Node) writeConfig(role Role, up *Upstream) (changed, restartNeeded bool
 			}
 		}
 	}
-	c, err := n.writeFileAtomic(confPath, renderConf(params))
+	changed, err := n.writeFileAtomic(confPath, renderConf(params))
 	if err != nil {
-		return false, false, fmt.Errorf("write config: %w", err)
+		return ConfigChange{}, fmt.Errorf("write config: %w", err)
 	}
 
 	hbaPath := filepath.Join(dd, hbaFile)
 	if cur, err := os.ReadFile(hbaPath); err == nil && !bytes.HasPrefix(cur, []byte(managedHeader)) {
 		if err := os.Rename(hbaPath, hbaPath+".orig"); err != nil {
-			return false, false, fmt.Errorf("write config: keep original pg_hba.conf: %w", err)
+			return ConfigChange{}, fmt.Errorf("write config: keep original pg_hba.conf: %w", err)
 		}
 	}
-	changed = c
-	c, err = n.writeFileAtomic(hbaPath, n.renderHBA())
+	c, err := n.writeFileAtomic(hbaPath, n.renderHBA())
 	if err != nil {
-		return false, false, fmt.Errorf("write config: %w", err)
+		return ConfigChange{}, fmt.Errorf("write config: %w", err)
 	}
 	changed = changed || c
 
@@ -171,26 +211,58 @@ func (n *Node) writeConfig(role Role, up *Upstream) (changed, restartNeeded bool
 	signalPath := filepath.Join(dd, standbyFile)
 	_, serr := os.Stat(signalPath)
 	hasSignal := serr == nil
-	wantSignal := role == RoleReplica
+	wantSignal := d.Role == RoleReplica
 	switch {
 	case wantSignal && !hasSignal:
 		if _, err := n.writeFileAtomic(signalPath, nil); err != nil {
-			return false, false, fmt.Errorf("write config: %w", err)
+			return ConfigChange{}, fmt.Errorf("write config: %w", err)
 		}
 		restartNeeded, changed = true, true
 	case !wantSignal && hasSignal:
 		if err := os.Remove(signalPath); err != nil {
-			return false, false, fmt.Errorf("write config: %w", err)
+			return ConfigChange{}, fmt.Errorf("write config: %w", err)
 		}
 		syncDir(dd)
 		restartNeeded, changed = true, true
 	}
-	n.log.Debug("wrote config", "role", role, "changed", changed, "restart_needed", restartNeeded)
-	return changed || restartNeeded, restartNeeded, nil
+	n.log.Debug("wrote config", "role", d.Role, "changed", changed, "restart_needed", restartNeeded)
+	// A restart applies every change, so a restart implies a change:
+	// callers that only look at Changed still act.
+	return ConfigChange{Changed: changed || restartNeeded, RestartNeeded: restartNeeded, Ignored: ignored}, nil
 }
 
-// parameters computes the full managed postgresql.conf content.
-func (n *Node) parameters(role Role, up *Upstream) map[string]string {
+// splitDynamic sorts the cluster-wide parameters into those WriteConfig
+// writes and those it leaves out, sorted. A member's own Parameters are
+// checked by Config.Validate, which refuses the agent's start; the
+// cluster-wide ones arrive through Raft at any time, where refusing is
+// too late and failing every WriteConfig would stop the node from
+// following the cluster, so the bad ones are dropped and named instead:
+// protected keys (pgha owns their value); names that are not lower-case
+// GUC names (PostgreSQL folds case, so "Port" would set port past the
+// protected check, and other characters could be read as more than a
+// name in the file); values with control characters (a line break would
+// end the setting early); and synchronous_standby_names, which pgha
+// manages through synchronous_mode so that the committed synchronous
+// set, which failover trusts, always describes what the primary waits
+// for.
+func splitDynamic(params map[string]string) (accepted map[string]string, ignored []string) {
+	accepted = make(map[string]string, len(params))
+	for k, v := range params {
+		if protected[k] || !paramKeyRe.MatchString(k) || hasControl(v) || k == "synchronous_standby_names" {
+			ignored = append(ignored, k)
+			continue
+		}
+		accepted[k] = v
+	}
+	sort.Strings(ignored)
+	return accepted, ignored
+}
+
+// parameters computes the full managed postgresql.conf content. Later
+// sources win: the managed defaults, the cluster-wide dynamic parameters
+// (already filtered by splitDynamic), the member's own Parameters, the
+// managed synchronous_standby_names, TLS, the upstream.
+func (n *Node) parameters(role Role, up *Upstream, dynamic map[string]string, syncNames *string) map[string]string {
 	p := map[string]string{
 		"listen_addresses": n.cfg.Listen,
 		"port":             strconv.Itoa(n.cfg.Port),
@@ -222,12 +294,9 @@ func (n *Node) parameters(role Role, up *Upstream) map[string]string {
 	if n.cfg.MaxSlotWalKeepSize != "" {
 		p["max_slot_wal_keep_size"] = n.cfg.MaxSlotWalKeepSize
 	}
-	n.mu.Lock()
-	for k, v := range n.dynamic {
-		p[k] = v // checked by SetDynamic
+	for k, v := range dynamic {
+		p[k] = v // checked by splitDynamic
 	}
-	syncNames := n.syncNames
-	n.mu.Unlock()
 	for k, v := range n.cfg.Parameters {
 		p[k] = v // protected keys were rejected by Validate
 	}
@@ -485,32 +554,6 @@ func syncDir(dir string) {
 		d.Sync()
 		d.Close()
 	}
-}
-
-// SetDynamic sets the cluster-wide parameters (the dynamic configuration
-// in the Raft FSM) and, when syncNames is not nil, the managed
-// synchronous_standby_names. The next WriteConfig writes them. Parameters
-// that are protected or malformed are left out and returned.
-func (n *Node) SetDynamic(params map[string]string, syncNames *string) (rejected []string) {
-	ok := make(map[string]string, len(params))
-	for k, v := range params {
-		if protected[k] || !paramKeyRe.MatchString(k) || hasControl(v) || k == "synchronous_standby_names" {
-			rejected = append(rejected, k)
-			continue
-		}
-		ok[k] = v
-	}
-	sort.Strings(rejected)
-	n.mu.Lock()
-	n.dynamic = ok
-	if syncNames != nil {
-		v := *syncNames
-		n.syncNames = &v
-	} else {
-		n.syncNames = nil
-	}
-	n.mu.Unlock()
-	return rejected
 }
 
 // PendingRestart reports whether PostgreSQL has settings that change only

@@ -243,10 +243,16 @@ func removeContents(dir string) error {
 }
 
 // Bootstrap creates a new cluster in an empty DataDir: initdb with data
-// checksums and SCRAM, the managed configuration for a primary, a start,
-// and the replication role. It leaves PostgreSQL running and returns the
-// new system identifier.
-func (n *Node) Bootstrap(ctx context.Context) (sysid uint64, err error) {
+// checksums and SCRAM, the configuration d (a primary's), a start, and
+// the replication role. It leaves PostgreSQL running and returns the new
+// system identifier. It takes the whole desired configuration, unlike
+// Clone and Rewind, because it starts PostgreSQL itself: cluster-wide
+// parameters can exist before the cluster does, and a postmaster-context
+// one must be in effect from the first start, not wait for a restart.
+func (n *Node) Bootstrap(ctx context.Context, d Desired) (sysid uint64, err error) {
+	if d.Role != RolePrimary {
+		return 0, fmt.Errorf("bootstrap: a new cluster starts as primary, not %v", d.Role)
+	}
 	n.dataMu.Lock()
 	defer n.dataMu.Unlock()
 	if err := n.checkOpen(); err != nil {
@@ -271,7 +277,7 @@ func (n *Node) Bootstrap(ctx context.Context) (sysid uint64, err error) {
 	if err := n.initdb(ctx); err != nil {
 		return 0, err
 	}
-	if _, _, err := n.writeConfig(RolePrimary, nil); err != nil {
+	if _, err := n.writeConfig(d); err != nil {
 		return 0, fmt.Errorf("bootstrap: %w", err)
 	}
 	if err := n.Start(ctx); err != nil {
@@ -345,7 +351,10 @@ type Upstream struct {
 }
 
 // Clone fills an empty DataDir with pg_basebackup from src and writes the
-// managed configuration of a replica of src. PostgreSQL is not started.
+// managed configuration of a replica of src. PostgreSQL is not started,
+// so that configuration has the member's own settings only: the caller
+// writes its Desired one (cluster-wide parameters included) before it
+// starts PostgreSQL.
 // progress, if not nil, is called at most about once a second and once
 // at 100%.
 func (n *Node) Clone(ctx context.Context, src Upstream, progress func(pct int, detail string)) (err error) {
@@ -415,7 +424,7 @@ func (n *Node) Clone(ctx context.Context, src Upstream, progress func(pct int, d
 	}
 	n.log.Info("clone finished", "took", time.Since(start).Round(time.Millisecond))
 
-	if _, _, err := n.writeConfig(RoleReplica, &src); err != nil {
+	if _, err := n.writeConfig(Desired{Role: RoleReplica, Upstream: &src}); err != nil {
 		return fmt.Errorf("clone: %w", err)
 	}
 	return nil

@@ -6,4 +6,5 @@ var (
 	QuoteConf        = quoteConf
 	UnquoteConf      = unquoteConf
 	ParseControlData = parseControlData
+	SplitDynamic     = splitDynamic
 )

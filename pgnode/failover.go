@@ -153,8 +153,10 @@ func waitNotInRecovery(ctx context.Context, conn *pgx.Conn) error {
 // pg_hba.conf and postgresql.auto.conf over ours; rewriting the
 // configuration afterwards makes our managed files win again (the
 // source's postgresql.auto.conf stays, which is acceptable: ALTER SYSTEM
-// settings are cluster-wide in intent). If pg_rewind fails the directory
-// may be unusable: move it aside and clone afresh.
+// settings are cluster-wide in intent). As with Clone, that configuration
+// has the member's own settings only: PostgreSQL stays stopped and the
+// caller writes its Desired one before starting it. If pg_rewind fails
+// the directory may be unusable: move it aside and clone afresh.
 func (n *Node) Rewind(ctx context.Context, src Upstream) (err error) {
 	if src.Host == "" || src.Port <= 0 {
 		return errors.New("rewind: source host and port are required")
@@ -225,7 +227,7 @@ func (n *Node) Rewind(ctx context.Context, src Upstream) (err error) {
 	} else {
 		n.log.Info("rewind finished", "took", time.Since(start).Round(time.Millisecond))
 	}
-	if _, _, err := n.writeConfig(RoleReplica, &src); err != nil {
+	if _, err := n.writeConfig(Desired{Role: RoleReplica, Upstream: &src}); err != nil {
 		return fmt.Errorf("rewind: %w", err)
 	}
 	return nil

@@ -37,7 +37,7 @@ func TestPromoteRewind(t *testing.T) {
 	upA := pgnode.Upstream{Host: "127.0.0.1", Port: acfg.Port}
 	upB := pgnode.Upstream{Host: "127.0.0.1", Port: bcfg.Port}
 
-	sysid, err := a.Bootstrap(ctx)
+	sysid, err := a.Bootstrap(ctx, pgnode.Desired{Role: pgnode.RolePrimary})
 	if err != nil {
 		t.Fatalf("Bootstrap: %v", err)
 	}
@@ -55,7 +55,7 @@ func TestPromoteRewind(t *testing.T) {
 	if err := b.Stop(ctx, pgnode.StopFast); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
-	if _, _, err := b.WriteConfig(pgnode.RoleReplica, nil); err != nil {
+	if _, err := b.WriteConfig(pgnode.Desired{Role: pgnode.RoleReplica}); err != nil {
 		t.Fatalf("WriteConfig(replica, nil): %v", err)
 	}
 	conf := readFile(t, filepath.Join(bcfg.DataDir, "postgresql.conf"))
@@ -109,7 +109,7 @@ func TestPromoteRewind(t *testing.T) {
 	// --- rewind A onto B ---
 	// The agent may write the replica configuration before it rewinds:
 	// standby.signal must not stop pg_rewind's crash recovery.
-	if _, _, err := a.WriteConfig(pgnode.RoleReplica, &upB); err != nil {
+	if _, err := a.WriteConfig(pgnode.Desired{Role: pgnode.RoleReplica, Upstream: &upB}); err != nil {
 		t.Fatalf("WriteConfig: %v", err)
 	}
 	start = time.Now()
@@ -126,8 +126,8 @@ func TestPromoteRewind(t *testing.T) {
 		!strings.Contains(conf, "cluster_name = 'a'\n") {
 		t.Errorf("postgresql.conf after Rewind is not A's replica configuration:\n%s", conf)
 	}
-	if changed, _, err := a.WriteConfig(pgnode.RoleReplica, &upB); err != nil || changed {
-		t.Errorf("WriteConfig after Rewind = changed %v, %v; want nothing left to change", changed, err)
+	if ch, err := a.WriteConfig(pgnode.Desired{Role: pgnode.RoleReplica, Upstream: &upB}); err != nil || ch.Changed {
+		t.Errorf("WriteConfig after Rewind = %+v, %v; want nothing left to change", ch, err)
 	}
 	if err := a.Start(ctx); err != nil {
 		t.Fatalf("Start after Rewind: %v", err)

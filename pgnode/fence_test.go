@@ -5,6 +5,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgha/pgha/pgnode"
 )
 
 // TestFenceStopsBackendsOfAFrozenPostmaster: backends live in process
@@ -18,7 +20,7 @@ func TestFenceStopsBackendsOfAFrozenPostmaster(t *testing.T) {
 	defer cancel()
 	n := mustNew(t, nodeConfig(t, base, "n1", freePort(t)))
 	defer n.Close()
-	if _, err := n.Bootstrap(ctx); err != nil {
+	if _, err := n.Bootstrap(ctx, pgnode.Desired{Role: pgnode.RolePrimary}); err != nil {
 		t.Fatalf("Bootstrap: %v", err)
 	}
 	conn, err := n.Connect(ctx)

@@ -69,14 +69,9 @@ type Node struct {
 	dataMu sync.Mutex // serializes Bootstrap, Clone, WriteConfig
 	opMu   sync.Mutex // serializes postmaster launch and stop
 
-	mu     sync.Mutex // guards pm, closed, dynamic, syncNames
+	mu     sync.Mutex // guards pm, closed
 	pm     *postmaster
 	closed bool
-	// dynamic are the cluster-wide parameters from the Raft FSM; the
-	// member's own cfg.Parameters override them.
-	dynamic map[string]string
-	// syncNames, when set, is the managed synchronous_standby_names.
-	syncNames *string
 
 	statusMu   sync.Mutex // guards statusConn
 	statusConn *pgx.Conn  // management connection kept for Status

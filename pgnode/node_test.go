@@ -121,13 +121,13 @@ func TestRefuseNonEmpty(t *testing.T) {
 		t.Fatalf("DataState = %v, %v; want invalid", st, err)
 	}
 	ctx := context.Background()
-	if _, err := n.Bootstrap(ctx); !errors.Is(err, pgnode.ErrNotEmpty) {
+	if _, err := n.Bootstrap(ctx, pgnode.Desired{Role: pgnode.RolePrimary}); !errors.Is(err, pgnode.ErrNotEmpty) {
 		t.Errorf("Bootstrap on a non-empty dir = %v, want ErrNotEmpty", err)
 	}
 	if err := n.Clone(ctx, pgnode.Upstream{Host: "127.0.0.1", Port: 1}, nil); !errors.Is(err, pgnode.ErrNotEmpty) {
 		t.Errorf("Clone on a non-empty dir = %v, want ErrNotEmpty", err)
 	}
-	if _, _, err := n.WriteConfig(pgnode.RolePrimary, nil); !errors.Is(err, pgnode.ErrNoData) {
+	if _, err := n.WriteConfig(pgnode.Desired{Role: pgnode.RolePrimary}); !errors.Is(err, pgnode.ErrNoData) {
 		t.Errorf("WriteConfig on a non-data dir = %v, want ErrNoData", err)
 	}
 	if err := n.Start(ctx); !errors.Is(err, pgnode.ErrNoData) {
@@ -149,7 +149,7 @@ func TestBootstrapFailureCleansUp(t *testing.T) {
 	cfg.Parameters["shared_buffers"] = "plenty"
 	n := mustNew(t, cfg)
 	defer n.Close()
-	_, err := n.Bootstrap(context.Background())
+	_, err := n.Bootstrap(context.Background(), pgnode.Desired{Role: pgnode.RolePrimary})
 	if err == nil || !strings.Contains(err.Error(), `invalid value for parameter "shared_buffers"`) {
 		t.Fatalf("Bootstrap with a bad parameter = %v, want the log line about shared_buffers", err)
 	}
@@ -193,8 +193,10 @@ func TestCluster(t *testing.T) {
 	defer r.Close()
 
 	// --- bootstrap a primary ---
+	// With a restart-only cluster-wide parameter: Bootstrap starts
+	// PostgreSQL, so it must start with the whole desired configuration.
 	start := time.Now()
-	sysid, err := p.Bootstrap(ctx)
+	sysid, err := p.Bootstrap(ctx, pgnode.Desired{Role: pgnode.RolePrimary, Parameters: map[string]string{"track_activity_query_size": "2048"}})
 	if err != nil {
 		t.Fatalf("Bootstrap: %v", err)
 	}
@@ -215,7 +217,7 @@ func TestCluster(t *testing.T) {
 	if !st.Running || st.InRecovery || st.Timeline != 1 || st.WalLSN == 0 {
 		t.Fatalf("primary Status = %+v, want running, not in recovery, timeline 1, WalLSN > 0", st)
 	}
-	if _, err := p.Bootstrap(ctx); !errors.Is(err, pgnode.ErrNotEmpty) {
+	if _, err := p.Bootstrap(ctx, pgnode.Desired{Role: pgnode.RolePrimary}); !errors.Is(err, pgnode.ErrNotEmpty) {
 		t.Fatalf("second Bootstrap = %v, want ErrNotEmpty", err)
 	}
 
@@ -230,6 +232,10 @@ func TestCluster(t *testing.T) {
 	}
 	if err := pc.QueryRow(ctx, "SHOW synchronous_commit").Scan(&syncCommit); err != nil || syncCommit != "local" {
 		t.Errorf("management synchronous_commit = %q, %v; want local", syncCommit, err)
+	}
+	var querySize string
+	if err := pc.QueryRow(ctx, "SHOW track_activity_query_size").Scan(&querySize); err != nil || querySize != "2kB" {
+		t.Errorf("track_activity_query_size after Bootstrap = %q, %v; want 2kB from Desired.Parameters", querySize, err)
 	}
 	var canRepl, canLogin bool
 	var verifier string
@@ -459,11 +465,11 @@ func checkWriteConfig(t *testing.T, cfg pgnode.Config, up pgnode.Upstream) {
 		if role == pgnode.RoleReplica {
 			u = &up
 		}
-		_, restart, err := n.WriteConfig(role, u)
+		ch, err := n.WriteConfig(pgnode.Desired{Role: role, Upstream: u})
 		if err != nil {
 			t.Fatalf("WriteConfig: %v", err)
 		}
-		return restart
+		return ch.RestartNeeded
 	}
 	replica := pgnode.RoleReplica
 	steps := []struct {

@@ -88,8 +88,16 @@ type Status struct {
 	InRecovery bool
 	// Timeline: on a primary, of the current WAL segment (pg_control's
 	// checkpoint timeline lags after a promotion); on a replica, the
-	// walreceiver's received_tli, else the checkpoint timeline.
+	// newest timeline it is known to follow: the walreceiver's
+	// received_tli, the minimum recovery point's or the last
+	// restartpoint's timeline, whichever is newest. The last two trail a
+	// timeline switch until the next restartpoint, so a caller that saw
+	// ReceivedTLI earlier should remember it (the walreceiver's row is
+	// gone while the primary is down).
 	Timeline uint32
+	// ReceivedTLI is the walreceiver's received_tli (replica; 0 when no
+	// walreceiver runs or it has received nothing yet).
+	ReceivedTLI uint32
 	// WalLSN: primary pg_current_wal_lsn(); replica pg_last_wal_replay_lsn().
 	WalLSN     uint64
 	ReceiveLSN uint64 // replica: pg_last_wal_receive_lsn(), 0 if none
@@ -125,6 +133,7 @@ SELECT r.rec,
        pg_last_wal_receive_lsn()::text,
        pg_last_wal_replay_lsn()::text,
        (SELECT timeline_id::int8 FROM pg_control_checkpoint()),
+       (SELECT min_recovery_end_timeline::int8 FROM pg_control_recovery()),
        CASE WHEN r.rec THEN COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)::float8 ELSE 0 END,
        w.status,
        w.received_tli::int8,
@@ -163,11 +172,11 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 
 	var (
 		walLSN, walTLI, recvLSN, replayLSN, wrStatus, sender *string
-		ckptTLI, recvTLI                                     *int64
+		ckptTLI, minRecTLI, recvTLI                          *int64
 		replicasJSON                                         []byte
 	)
 	err := conn.QueryRow(ctx, statusQuery).Scan(&st.InRecovery, &walLSN, &walTLI, &recvLSN, &replayLSN,
-		&ckptTLI, &st.ReplayLagSeconds, &wrStatus, &recvTLI, &sender, &replicasJSON)
+		&ckptTLI, &minRecTLI, &st.ReplayLagSeconds, &wrStatus, &recvTLI, &sender, &replicasJSON)
 	if err != nil {
 		// A restart, a timeout or a broken socket: start afresh next time.
 		conn.Close(context.WithoutCancel(ctx))
@@ -192,11 +201,13 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 		if sender != nil {
 			st.UpstreamHost = *sender
 		}
-		switch {
-		case recvTLI != nil && *recvTLI > 0:
-			st.Timeline = uint32(*recvTLI)
-		case ckptTLI != nil:
-			st.Timeline = uint32(*ckptTLI)
+		for _, tli := range []*int64{recvTLI, minRecTLI, ckptTLI} {
+			if tli != nil && *tli > 0 && uint32(*tli) > st.Timeline {
+				st.Timeline = uint32(*tli)
+			}
+		}
+		if recvTLI != nil && *recvTLI > 0 {
+			st.ReceivedTLI = uint32(*recvTLI)
 		}
 	} else {
 		st.WalLSN = lsn(walLSN)

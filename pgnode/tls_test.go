@@ -67,7 +67,7 @@ func TestTLS(t *testing.T) {
 
 	p, r, pcfg, rcfg := tlsNodes(t, base, g, g)
 
-	if _, err := p.Bootstrap(ctx); err != nil {
+	if _, err := p.Bootstrap(ctx, pgnode.Desired{Role: pgnode.RolePrimary}); err != nil {
 		t.Fatalf("Bootstrap: %v", err)
 	}
 	for _, f := range []string{"tls-node.key", "tls-node.crt", "tls-ca.crt"} {
@@ -170,7 +170,7 @@ func TestTLSOtherCARefused(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p, r, pcfg, _ := tlsNodes(t, base, g, other)
-	if _, err := p.Bootstrap(ctx); err != nil {
+	if _, err := p.Bootstrap(ctx, pgnode.Desired{Role: pgnode.RolePrimary}); err != nil {
 		t.Fatal(err)
 	}
 	err = r.Clone(ctx, pgnode.Upstream{Host: "127.0.0.1", Port: pcfg.Port}, nil)

@@ -1,6 +1,8 @@
 package pgnode_test
 
 import (
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -133,6 +135,35 @@ func TestQuoteConf(t *testing.T) {
 		got, ok := pgnode.UnquoteConf(q)
 		if !ok || got != v {
 			t.Errorf("UnquoteConf(QuoteConf(%q)) = %q, %v (quoted %s)", v, got, ok, q)
+		}
+	}
+}
+
+func TestSplitDynamic(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      map[string]string
+		want    map[string]string
+		ignored []string
+	}{
+		{"none", nil, map[string]string{}, nil},
+		{"plain", map[string]string{"work_mem": "8MB", "auto_explain.log_min_duration": "1s"},
+			map[string]string{"work_mem": "8MB", "auto_explain.log_min_duration": "1s"}, nil},
+		{"protected", map[string]string{"port": "1", "primary_conninfo": "host=x", "include": "/etc/x", "work_mem": "8MB"},
+			map[string]string{"work_mem": "8MB"}, []string{"include", "port", "primary_conninfo"}},
+		// Names are not folded: "Port" is refused as a name, so case
+		// cannot sneak a protected key past the check.
+		{"bad names", map[string]string{"Port": "1", "work-mem": "1", "": "1", "a b": "1", "1st": "1"},
+			map[string]string{}, []string{"", "1st", "Port", "a b", "work-mem"}},
+		{"control characters", map[string]string{"work_mem": "8MB\nport = 1", "search_path": "a\tb", "datestyle": "iso"},
+			map[string]string{"datestyle": "iso"}, []string{"search_path", "work_mem"}},
+		{"synchronous_standby_names", map[string]string{"synchronous_standby_names": "*"},
+			map[string]string{}, []string{"synchronous_standby_names"}},
+	}
+	for _, tt := range tests {
+		got, ignored := pgnode.SplitDynamic(tt.in)
+		if !maps.Equal(got, tt.want) || !slices.Equal(ignored, tt.ignored) {
+			t.Errorf("%s: SplitDynamic(%q) = %q, ignored %q; want %q, ignored %q", tt.name, tt.in, got, ignored, tt.want, tt.ignored)
 		}
 	}
 }

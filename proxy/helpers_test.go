@@ -53,6 +53,10 @@ func (l *logBuf) String() string {
 
 // startProxy builds a proxy on two free loopback ports, runs Serve and
 // closes it at the end of the test (before the leak check).
+// goroutineCopy asks startProxy for the goroutine copy (Loops 0), since a
+// zero Loops there means the configuration's default of one event loop.
+const goroutineCopy = -1
+
 func startProxy(t *testing.T, cfg proxy.Config) (*proxy.Proxy, *logBuf) {
 	t.Helper()
 	if cfg.WriteAddr == "" {
@@ -60,6 +64,12 @@ func startProxy(t *testing.T, cfg proxy.Config) (*proxy.Proxy, *logBuf) {
 	}
 	if cfg.ReadAddr == "" {
 		cfg.ReadAddr = "127.0.0.1:0"
+	}
+	switch cfg.Loops {
+	case 0:
+		cfg.Loops = 1 // the configuration's default: the event loop
+	case goroutineCopy:
+		cfg.Loops = 0
 	}
 	logs := &logBuf{}
 	if cfg.Logger == nil {

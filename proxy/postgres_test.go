@@ -83,7 +83,7 @@ func startPostgres(t *testing.T) proxy.Backend {
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
 	start := time.Now()
-	if _, err := n.Bootstrap(ctx); err != nil {
+	if _, err := n.Bootstrap(ctx, pgnode.Desired{Role: pgnode.RolePrimary}); err != nil {
 		t.Fatalf("bootstrap PostgreSQL: %v", err)
 	}
 	t.Logf("PostgreSQL bootstrapped in %s", time.Since(start).Round(time.Millisecond))

@@ -54,9 +54,9 @@ type Config struct {
 	// default 10s. A client that sends nothing is closed after it.
 	HandshakeTimeout time.Duration
 	// Loops is how many event loops copy the proxied bytes (Linux; see
-	// DESIGN.md, "The event loop"). 0 takes the default (1); a negative
-	// value copies each connection with two goroutines instead, the
-	// only way off Linux.
+	// DESIGN.md, "The event loop"); 0 copies each connection with two
+	// goroutines instead, the only way off Linux. The same meaning as the
+	// proxy.event_loops setting, whose default (1) is the configuration's.
 	Loops  int
 	Logger *slog.Logger
 }
@@ -67,7 +67,6 @@ const (
 	defaultMaxConn          = 1000
 	defaultKeepAlive        = 15 * time.Second
 	defaultHandshakeTimeout = 10 * time.Second
-	defaultLoops            = 1
 
 	// refuseTimeout bounds how long the proxy reads a startup packet it
 	// only needs in order to answer it with an error.
@@ -100,9 +99,6 @@ func (c Config) withDefaults() (Config, error) {
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = defaultHandshakeTimeout
 	}
-	if c.Loops == 0 {
-		c.Loops = defaultLoops
-	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -115,6 +111,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("proxy: handshake timeout %s is negative", c.HandshakeTimeout)
 	case c.MaxConn < 0:
 		return c, fmt.Errorf("proxy: max connections %d is negative", c.MaxConn)
+	case c.Loops < 0:
+		return c, fmt.Errorf("proxy: event loops %d is negative", c.Loops)
 	}
 	return c, nil
 }
@@ -189,7 +187,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.shutdown()
 		return nil, err
 	}
-	for range max(cfg.Loops, 0) {
+	for range cfg.Loops {
 		l, err := newEvloop(p.log)
 		if err != nil {
 			// No event loop here (not Linux, or out of descriptors):

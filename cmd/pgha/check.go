@@ -82,7 +82,7 @@ func renderCheck(w io.Writer, res api.CheckResult) {
 	}
 	who := res.Name
 	if res.Role != "" {
-		who += " (" + res.Role + ")"
+		who += " (" + string(res.Role) + ")"
 	}
 	if res.Status == api.CheckOK {
 		worst = fmt.Sprintf("%d checks passed", len(res.Checks))

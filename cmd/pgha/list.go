@@ -98,11 +98,15 @@ func renderCluster(w io.Writer, ci api.ClusterInfo) {
 		if m.LagBytes != nil {
 			lag = strconv.FormatInt(*m.LagBytes>>20, 10)
 		}
-		t.add(m.Name, m.Host, role, m.State, tl, lag, m.Raft, proxyPorts(m), formatTags(m.Tags))
-		if m.Error != "" {
+		t.add(m.Name, m.Host, role, string(m.State), tl, lag, m.Raft, proxyPorts(m), formatTags(m.Tags))
+		switch {
+		case m.Error != "":
 			notes = append(notes, fmt.Sprintf("%s: %s", m.Name, m.Error))
-		} else if m.Waiting != "" {
+		case m.Waiting != "":
 			notes = append(notes, fmt.Sprintf("%s: %s", m.Name, m.Waiting))
+		case m.Ineligible != "" && m.State.Up():
+			// A running replica that failover would pass over, and why.
+			notes = append(notes, fmt.Sprintf("%s cannot be promoted: it %s", m.Name, m.Ineligible))
 		}
 	}
 	t.render(w)

@@ -1,19 +1,20 @@
 package agent
 
+// The cluster-wide dynamic configuration (GET and PATCH /config): kept
+// in Raft, changed only through the leader.
+
 import (
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/config"
-	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/raftfsm"
 )
 
@@ -33,32 +34,29 @@ func toAPIConfig(st raftfsm.State) api.DynamicConfig {
 	}
 }
 
-// Config answers GET /config.
-func (a *Agent) Config() api.DynamicConfig { return toAPIConfig(a.raft.FSM().State()) }
-
 // PatchConfig merges a JSON merge patch (RFC 7386) into the dynamic
 // configuration and commits it. Unknown keys and wrong types are 400s
 // naming the key; null removes a PostgreSQL parameter.
 func (a *Agent) PatchConfig(ctx context.Context, patch map[string]json.RawMessage) (api.DynamicConfig, error) {
 	if !a.isLeader() {
-		return api.DynamicConfig{}, api.ErrNotLeader
+		return api.DynamicConfig{}, cluster.ErrNotLeader
 	}
-	st := a.raft.FSM().State()
+	st := a.raft.ClusterState()
 	cfg, paused, err := mergeConfig(st, patch)
 	if err != nil {
-		return api.DynamicConfig{}, api.Errorf(http.StatusBadRequest, "%v", err)
+		return api.DynamicConfig{}, cluster.Invalidf("%v", err)
 	}
 	if err := a.raft.Apply(raftfsm.SetConfig{Config: cfg}, applyTimeout); err != nil {
-		return api.DynamicConfig{}, errStatus(err)
+		return api.DynamicConfig{}, domainErr(err)
 	}
 	if paused != st.Paused {
 		if err := a.raft.Apply(raftfsm.SetPaused{Paused: paused}, applyTimeout); err != nil {
-			return api.DynamicConfig{}, errStatus(err)
+			return api.DynamicConfig{}, domainErr(err)
 		}
 	}
 	a.log.Info("dynamic configuration changed", "patch", patchKeys(patch))
 	a.poke()
-	return toAPIConfig(a.raft.FSM().State()), nil
+	return toAPIConfig(a.raft.ClusterState()), nil
 }
 
 func patchKeys(p map[string]json.RawMessage) string {
@@ -186,57 +184,4 @@ func paramValue(raw json.RawMessage) (string, error) {
 	default:
 		return "", fmt.Errorf("want a string, number or boolean")
 	}
-}
-
-// Restart restarts the local PostgreSQL (fast stop, start), holding the HA
-// loop so it does not react to the stop. On the primary this is a brief
-// write outage without a failover.
-func (a *Agent) Restart(ctx context.Context) error {
-	if a.pg == nil {
-		return api.Errorf(http.StatusConflict, "%s is a witness: no PostgreSQL", a.cfg.Name)
-	}
-	a.actionMu.Lock()
-	defer a.actionMu.Unlock()
-	if !a.pg.Running() {
-		return api.Errorf(http.StatusConflict, "PostgreSQL is not running on %s", a.cfg.Name)
-	}
-	st := a.raft.FSM().State()
-	primary := st.IsPrimary(a.cfg.Name)
-	if primary && !a.isLeader() {
-		return api.Errorf(http.StatusConflict, "%s holds the primary record without leadership; not restarting", a.cfg.Name)
-	}
-	a.log.Info("restarting PostgreSQL on request")
-	a.primaryUp.Store(false)
-	sctx, cancel := context.WithTimeout(ctx, 2*a.cfg.PostgreSQL.StartTimeout.Duration)
-	defer cancel()
-	if err := a.pg.Stop(sctx, pgnode.StopFast); err != nil {
-		return fmt.Errorf("stop: %w", err)
-	}
-	if err := a.pg.Start(sctx); err != nil {
-		return fmt.Errorf("start: %w", err)
-	}
-	a.setStatus(func(s *NodeStatus) { s.Pending = false })
-	a.poke()
-	return nil
-}
-
-// Reload rewrites the managed configuration and reloads PostgreSQL.
-func (a *Agent) Reload(ctx context.Context) error {
-	if a.pg == nil {
-		return api.Errorf(http.StatusConflict, "%s is a witness: no PostgreSQL", a.cfg.Name)
-	}
-	a.actionMu.Lock()
-	defer a.actionMu.Unlock()
-	if !a.pg.Running() {
-		return api.Errorf(http.StatusConflict, "PostgreSQL is not running on %s", a.cfg.Name)
-	}
-	if err := a.pg.Reload(ctx); err != nil {
-		return err
-	}
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if pending, err := a.pg.PendingRestart(pctx); err == nil {
-		a.setStatus(func(s *NodeStatus) { s.Pending = pending })
-	}
-	return nil
 }

@@ -1,11 +1,16 @@
-package agent
+// Package decide is the HA loop's brain: a pure function from (Raft
+// FSM state, gossip view, local PostgreSQL status, leadership) to the
+// actions of one round, and the one eligibility rule that says who may
+// become the primary. It does no I/O, so every failover rule is a table
+// test (decide_test.go, eligible_test.go).
+package decide
 
 import (
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
+	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/raftfsm"
 )
@@ -43,6 +48,34 @@ type LocalPG struct {
 	// past the point where the new primary's timeline forked cannot follow
 	// it, and says so in its log forever unless it is rewound.
 	OldTimelineFor time.Duration
+}
+
+// Role is what the local PostgreSQL runs as.
+func (l LocalPG) Role() cluster.Role {
+	switch {
+	case !l.Running:
+		return cluster.RoleNone
+	case l.InRecovery:
+		return cluster.RoleReplica
+	}
+	return cluster.RolePrimary
+}
+
+// State is the local PostgreSQL's state as a probe sees it (the agent
+// may report a transitional state instead, see agent.publish).
+func (l LocalPG) State() cluster.PGState {
+	switch {
+	case !l.Running:
+		return cluster.StateStopped
+	case l.InRecovery && l.Streaming:
+		return cluster.StateStreaming
+	}
+	return cluster.StateRunning
+}
+
+// Position is the most WAL the local PostgreSQL holds, on its timeline.
+func (l LocalPG) Position() Position {
+	return Position{Timeline: l.Timeline, LSN: max(l.Receive, l.WAL)}
 }
 
 // divergedAfter is how long a replica may stay on an older timeline
@@ -83,7 +116,7 @@ type Input struct {
 	OldPrimary       OldPrimary
 	State            raftfsm.State
 	// Voters are the Raft voters: only they can lead, so only they can
-	// be promoted. nil means unknown (every member counts).
+	// be promoted. nil means unknown: nobody is promoted this round.
 	Voters map[string]bool
 	// Gossip holds the live gossip members by name.
 	Gossip map[string]membership.Member
@@ -276,7 +309,7 @@ func decideReplica(in Input) []Action {
 		return append(acts, Action{Kind: ActWait, Reason: fmt.Sprintf("no PostgreSQL address known for primary %s", p.Member)})
 	}
 	g, alive := in.Gossip[p.Member]
-	primaryRuns := alive && g.Alive && g.MetaOK && g.Meta.Role == "primary" && g.Meta.PGState == "running"
+	primaryRuns := alive && g.Alive && g.MetaOK && g.Meta.Role == cluster.RolePrimary && g.Meta.PGState == cluster.StateRunning
 	if st.Paused && !in.PG.Running {
 		return append(acts, Action{Kind: ActWait, Reason: "maintenance mode: not starting PostgreSQL"})
 	}
@@ -330,71 +363,27 @@ func leaderActions(in Input) []Action {
 	}
 }
 
-// candidate is a member considered for promotion.
-type candidate struct {
-	name     string
-	priority int
-	lsn      uint64
+// SelfView is the local member as the eligibility rule sees it, from its
+// own probe (fresher than its gossip).
+func SelfView(in Input) MemberView {
+	v := MemberView{
+		Name: in.Self, Reachable: true, Witness: in.Witness,
+		NoFailover: in.Tags.NoFailover, Priority: in.Tags.Priority,
+		Role: in.PG.Role(), State: in.PG.State(),
+		Position: in.PG.Position(),
+	}
+	if in.Voters != nil {
+		v.Voter, v.VoterKnown = in.Voters[in.Self], true
+	}
+	return v
 }
 
-// bestCandidate ranks the members that may be promoted: PostgreSQL running
-// as a replica, no nofailover tag, not a witness, WAL within
-// maximum_lag_on_failover of the last known primary position. Highest
-// priority wins, then the most advanced WAL, then the smallest name, so
-// every node ranks the same way. When nobody qualifies it says why.
+// bestCandidate is the member automatic failover promotes (see Best),
+// or "" and why nobody may be.
 func bestCandidate(in Input) (string, string) {
-	st := in.State
-	var cands []candidate
-	var why []string
-	consider := func(name string, running, inRecovery, nofail, witness bool, prio int, lsn uint64) {
-		switch {
-		case witness:
-			return
-		case name == st.Primary.Member:
-			return
-		case nofail:
-			why = append(why, name+" has nofailover")
-		case in.Voters != nil && !in.Voters[name]:
-			why = append(why, name+" is not a Raft voter yet")
-		case st.Config.SynchronousMode && !st.InSyncSet(name):
-			why = append(why, name+" is not in the synchronous set")
-		case !running || !inRecovery:
-			why = append(why, name+" has no running replica")
-		case st.PrimaryLSN != nil && st.PrimaryLSN.LSN > lsn && int64(st.PrimaryLSN.LSN-lsn) > st.Config.MaximumLagOnFailover:
-			why = append(why, fmt.Sprintf("%s is %d bytes behind (maximum_lag_on_failover %d)", name, st.PrimaryLSN.LSN-lsn, st.Config.MaximumLagOnFailover))
-		default:
-			cands = append(cands, candidate{name: name, priority: prio, lsn: lsn})
-		}
-	}
-	consider(in.Self, in.PG.Running, in.PG.InRecovery, in.Tags.NoFailover, in.Witness, in.Tags.Priority, max(in.PG.Receive, in.PG.WAL))
-	for name, g := range in.Gossip {
-		if name == in.Self || !g.MetaOK {
-			continue
-		}
-		if _, member := st.Members[name]; !member {
-			continue
-		}
-		running := g.Alive && (g.Meta.PGState == "streaming" || g.Meta.PGState == "running")
-		consider(name, running, g.Meta.Role == "replica", g.Meta.NoFail, g.Meta.Witness, g.Meta.Priority, max(g.Meta.Recv, g.Meta.WAL))
-	}
-	if len(cands) == 0 {
-		sort.Strings(why)
-		if len(why) == 0 {
-			why = []string{"no other member is reachable"}
-		}
-		return "", strings.Join(why, "; ")
-	}
-	sort.Slice(cands, func(i, j int) bool {
-		a, b := cands[i], cands[j]
-		if a.priority != b.priority {
-			return a.priority > b.priority
-		}
-		if a.lsn != b.lsn {
-			return a.lsn > b.lsn
-		}
-		return a.name < b.name
-	})
-	return cands[0].name, ""
+	self := SelfView(in)
+	views := Views(in.State, in.Gossip, in.Voters, &self)
+	return Best(in.State, views, PromotionRule(in.State, in.Gossip, ForPromotion, false))
 }
 
 func decideWitness(in Input) []Action {

@@ -1,0 +1,71 @@
+// Package routing decides where the proxy sends new connections: a pure
+// function of the Raft FSM, the gossip view and this node's contact with
+// the Raft leader, so every rule is a table test.
+package routing
+
+import (
+	"github.com/pgha/pgha/agent/decide"
+	"github.com/pgha/pgha/cluster"
+	"github.com/pgha/pgha/membership"
+	"github.com/pgha/pgha/proxy"
+	"github.com/pgha/pgha/raftfsm"
+)
+
+// Input is what the routes depend on.
+type Input struct {
+	State  raftfsm.State
+	Gossip map[string]membership.Member // this cluster's members; Alive false when stale
+	// LeaderContact: this node is the Raft leader or heard from one
+	// within the leader lease. Without it the node may be on the
+	// minority side of a partition, where the primary it knows may
+	// already have been replaced.
+	LeaderContact bool
+	// MaxReplicaLag bounds the lag of a replica the read port uses.
+	MaxReplicaLag int64
+}
+
+// Routes computes where new connections go. When in doubt it routes
+// writes nowhere (the proxy holds them, it does not refuse them):
+//   - no primary record, or its holder does not report PostgreSQL running
+//     as primary (a switchover or failover in progress);
+//   - no recent contact with the Raft leader.
+//
+// While a switchover stops the primary (the record says demoting) the
+// primary is Draining: open connections stay, new ones are held. Reads
+// go to the members the eligibility rule accepts for reads (decide.Eligible
+// with decide.ForReads): streaming replicas on the record's timeline,
+// within MaxReplicaLag of the primary's freshest position, without
+// noloadbalance.
+func Routes(in Input) proxy.Routes {
+	var r proxy.Routes
+	st := in.State
+	if st.Primary == nil || st.SystemID == 0 {
+		return r
+	}
+	if g, ok := in.Gossip[st.Primary.Member]; ok && g.Alive && g.MetaOK &&
+		g.Meta.Role == cluster.RolePrimary && g.Meta.PGState == cluster.StateRunning {
+		if m, ok := st.Members[st.Primary.Member]; ok && m.PGAddr != "" && in.LeaderContact {
+			b := &proxy.Backend{Name: st.Primary.Member, Addr: m.PGAddr}
+			if st.Primary.Demoting {
+				r.Draining = b
+			} else {
+				r.Primary = b
+			}
+		}
+	}
+	rule := decide.Rule{Purpose: decide.ForReads, Reference: decide.PrimaryPosition(st, in.Gossip), MaxLag: in.MaxReplicaLag}
+	for _, name := range st.MemberNames() {
+		m := st.Members[name]
+		g, ok := in.Gossip[name]
+		if !ok || m.PGAddr == "" || m.Witness {
+			continue
+		}
+		v := decide.ViewOf(g, nil)
+		v.Position.LSN = g.Meta.WAL // reads see what is replayed, not what is received
+		if decide.Eligible(st, v, rule) != nil {
+			continue
+		}
+		r.Replicas = append(r.Replicas, proxy.Backend{Name: name, Addr: m.PGAddr})
+	}
+	return r
+}

@@ -1,0 +1,214 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/pgha/pgha/agent/decide"
+	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/membership"
+	"github.com/pgha/pgha/raftfsm"
+)
+
+// leaderTerm is what this node does as Raft leader during one term, in
+// the way Consul's leader loop does it: the HA loop makes it once the
+// term's Barrier has passed (see termFor) and drops it when leadership is
+// lost, so none of its bookkeeping outlives the term it belongs to. Only
+// the HA loop's goroutine (rounds and jobs) uses it.
+//
+// It bridges gossip to Raft (reconcile), asks the recorded primary's
+// agent whether it lives (askPrimary), hands leadership over (transfer),
+// and keeps the synchronous standby set (sync.go).
+type leaderTerm struct {
+	number  uint64
+	self    string
+	log     *slog.Logger
+	raft    raftMembers
+	allowed func(name string, m membership.Member) bool
+	// ask asks a member's API for its health (askPrimary).
+	ask func(ctx context.Context, addr string) (api.HealthInfo, error)
+
+	// nonvoters: when this term first saw each non-voter (promoted to
+	// voter once it has caught up for nonvoterSettle).
+	nonvoters map[string]time.Time
+	// refused: the last refusal logged per member (join without proof,
+	// a failed add), so a refusal retried every round is logged once.
+	refused map[string]string
+	// lastTransfer: when leadership was last handed over (at most every
+	// transferEvery).
+	lastTransfer time.Time
+	// sync is the synchronous standby being added, if any.
+	sync syncAdding
+}
+
+func newLeaderTerm(number uint64, a *Agent) *leaderTerm {
+	return &leaderTerm{
+		number: number, self: a.cfg.Name, log: a.log.With("term", number), raft: a.raft,
+		allowed: a.joinAllowed,
+		ask: func(ctx context.Context, addr string) (api.HealthInfo, error) {
+			h, _, err := a.apiClient(addr).Health(ctx)
+			return h, err
+		},
+		nonvoters: map[string]time.Time{}, refused: map[string]string{},
+	}
+}
+
+// nonvoterSettle is how long a non-voter must have had Raft state before
+// it is made a voter.
+const nonvoterSettle = 2 * time.Second
+
+// reconcile is the leader's bridge from gossip to Raft: it adds nodes
+// that ask to join (first as non-voters, so an empty node never counts in
+// a quorum), promotes them to voters once they have caught up, and keeps
+// each member's addresses in the FSM current. It never removes anyone
+// because gossip says they are gone: that is an operator's call.
+func (t *leaderTerm) reconcile(gossip map[string]membership.Member, servers []raft.Server, now time.Time) {
+	inRaft := map[string]raft.Server{}
+	for _, s := range servers {
+		inRaft[string(s.ID)] = s
+	}
+	st := t.raft.ClusterState()
+	for _, name := range sortedNames(gossip) {
+		m := gossip[name]
+		if m.Meta.Leaving || !m.Alive {
+			continue
+		}
+		srv, ok := inRaft[name]
+		if !ok {
+			if !m.Meta.Join || m.Meta.Raft == "" {
+				continue
+			}
+			if !t.allowed(name, m) {
+				if t.refuseOnce(name, m.Meta.JoinProof+"|"+m.Meta.Raft) {
+					t.log.Warn("refusing to add a member: it did not prove it holds this cluster's API credentials (api.auth / api.token must match)",
+						"member", name, "raft", m.Meta.Raft, "gossip", m.Addr)
+				}
+				continue
+			}
+			t.log.Info("adding member to raft as non-voter", "member", name, "raft", m.Meta.Raft)
+			if err := t.raft.AddNonvoter(name, m.Meta.Raft, applyTimeout); err != nil {
+				// Retried every round: log a failure once per distinct reason
+				// (a node from another CA is refused each second).
+				if t.refuseOnce(name, err.Error()) {
+					t.log.Warn("add non-voter", "member", name, "err", err)
+				}
+				continue
+			}
+			delete(t.refused, name)
+			t.nonvoters[name] = now
+			t.upsertMember(st, name, m)
+			continue
+		}
+		if srv.Suffrage == raft.Nonvoter && m.Meta.HasRaft {
+			since, seen := t.nonvoters[name]
+			if !seen {
+				t.nonvoters[name], since = now, now
+			}
+			if now.Sub(since) > nonvoterSettle {
+				t.log.Info("promoting member to voter", "member", name)
+				if err := t.raft.AddVoter(name, string(srv.Address), applyTimeout); err != nil {
+					t.log.Warn("promote to voter", "member", name, "err", err)
+				} else {
+					delete(t.nonvoters, name)
+				}
+			}
+		}
+		t.upsertMember(st, name, m)
+	}
+}
+
+// refuseOnce records reason for name and reports whether it is new.
+func (t *leaderTerm) refuseOnce(name, reason string) bool {
+	if t.refused[name] == reason {
+		return false
+	}
+	t.refused[name] = reason
+	return true
+}
+
+// forget drops a removed member's bookkeeping.
+func (t *leaderTerm) forget(name string) {
+	delete(t.nonvoters, name)
+	delete(t.refused, name)
+}
+
+// upsertMember records a member's addresses in the FSM when they changed.
+func (t *leaderTerm) upsertMember(st raftfsm.State, name string, g membership.Member) {
+	want := raftfsm.Member{
+		Name: name, RaftAddr: g.Meta.Raft, GossipAddr: g.Addr, APIAddr: g.Meta.API,
+		PGAddr: g.Meta.PG, Witness: g.Meta.Witness,
+	}
+	if cur, ok := st.Members[name]; ok {
+		want.JoinedAt = cur.JoinedAt
+		if cur == want {
+			return
+		}
+	} else {
+		want.JoinedAt = time.Now().UTC()
+	}
+	if err := t.raft.Apply(raftfsm.UpsertMember{Member: want}, applyTimeout); err != nil {
+		t.log.Warn("record member", "member", name, "err", err)
+	}
+}
+
+// askTimeout bounds the leader's question to the old primary's agent.
+const askTimeout = 300 * time.Millisecond
+
+// askPrimary asks the recorded primary's agent, through its REST API,
+// whether it is alive. Only an answer from that very member counts, and
+// a member that says it yields counts as silent.
+func (t *leaderTerm) askPrimary(ctx context.Context, st raftfsm.State) decide.OldPrimary {
+	m, ok := st.Members[st.Primary.Member]
+	if !ok || m.APIAddr == "" {
+		return decide.OldPrimarySilent
+	}
+	ctx, cancel := context.WithTimeout(ctx, askTimeout)
+	defer cancel()
+	h, err := t.ask(ctx, m.APIAddr)
+	if err == nil && h.Name == st.Primary.Member && !h.Yield {
+		return decide.OldPrimaryAlive
+	}
+	return decide.OldPrimarySilent
+}
+
+// transferEvery is how often the HA loop may hand leadership over: a
+// transfer takes a moment to show in the FSM and gossip.
+const transferEvery = 2 * time.Second
+
+// transfer hands Raft leadership to target, at most every transferEvery.
+func (t *leaderTerm) transfer(target, reason string, now time.Time) error {
+	if now.Sub(t.lastTransfer) < transferEvery {
+		return nil
+	}
+	t.lastTransfer = now
+	t.log.Info("transferring raft leadership", "to", target, "reason", reason)
+	return t.transferTo(target)
+}
+
+// transferTo hands Raft leadership to a voter of the configuration and
+// checks that it won.
+func (t *leaderTerm) transferTo(name string) error {
+	return transferLeadership(t.raft, name)
+}
+
+// transferLeadership hands leadership to voter name (raftfsm checks the
+// winner: hashicorp/raft may report success while another node won).
+func transferLeadership(r raftMembers, name string) error {
+	servers, err := r.Servers()
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		if string(s.ID) != name {
+			continue
+		}
+		if s.Suffrage != raft.Voter {
+			return fmt.Errorf("cannot hand leadership to %s: not a voter", name)
+		}
+		return r.TransferLeadership(name, string(s.Address), 5*time.Second)
+	}
+	return fmt.Errorf("cannot hand leadership to %s: not in the raft configuration", name)
+}

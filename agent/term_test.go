@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgha/pgha/membership"
+	"github.com/pgha/pgha/raftfsm"
+)
+
+func threeMembers() raftfsm.State {
+	st := raftfsm.State{SystemID: 42, Members: map[string]raftfsm.Member{}, Config: raftfsm.DefaultDynamicConfig()}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		st.Members[n] = raftfsm.Member{Name: n, RaftAddr: "r-" + n, GossipAddr: "g-" + n, APIAddr: "api-" + n, PGAddr: "pg-" + n}
+	}
+	st.Primary = &raftfsm.PrimaryRecord{Member: "n1", Epoch: 2, Timeline: 1}
+	return st
+}
+
+func testTerm(r *fakeRaft, allowed func(string, membership.Member) bool) *leaderTerm {
+	return &leaderTerm{number: 7, self: "n1", log: slog.New(slog.NewTextHandler(io.Discard, nil)), raft: r,
+		allowed: allowed, nonvoters: map[string]time.Time{}, refused: map[string]string{}}
+}
+
+func byName(ms ...membership.Member) map[string]membership.Member {
+	out := map[string]membership.Member{}
+	for _, m := range ms {
+		out[m.Name] = m
+	}
+	return out
+}
+
+func allowAll(string, membership.Member) bool { return true }
+
+func TestReconcileAddsJoinerAsNonvoterThenVoter(t *testing.T) {
+	r := newFakeRaft(threeMembers(), []string{"n1", "n2", "n3"})
+	term := testTerm(r, allowAll)
+	joiner := gossipMember("n4", func(m *membership.Meta) { m.HasRaft, m.Join = false, true })
+	g := byName(gossipMember("n1", nil), gossipMember("n2", nil), gossipMember("n3", nil), joiner)
+	now := time.Now()
+
+	servers, _ := r.Servers()
+	term.reconcile(g, servers, now)
+	if got := r.log(); !slices.Equal(got, []string{"add-nonvoter n4", "apply raftfsm.UpsertMember"}) {
+		t.Fatalf("first round: %v", got)
+	}
+	if m, ok := r.ClusterState().Members["n4"]; !ok || m.APIAddr != "api-n4" || m.PGAddr != "pg-n4" {
+		t.Fatalf("n4 not recorded with its addresses: %+v", m)
+	}
+
+	// Not promoted until it has Raft state and has caught up for a while.
+	joiner.Meta.HasRaft, joiner.Meta.Join = true, false
+	g["n4"] = joiner
+	servers, _ = r.Servers()
+	term.reconcile(g, servers, now.Add(time.Second))
+	if got := r.log(); len(got) != 2 {
+		t.Fatalf("promoted too early: %v", got)
+	}
+	term.reconcile(g, servers, now.Add(nonvoterSettle+time.Second))
+	if got := r.log(); got[len(got)-1] != "add-voter n4" {
+		t.Fatalf("not promoted after settling: %v", got)
+	}
+}
+
+func TestReconcileRefusesJoinWithoutProofOnce(t *testing.T) {
+	r := newFakeRaft(threeMembers(), []string{"n1", "n2", "n3"})
+	term := testTerm(r, func(name string, _ membership.Member) bool { return name != "n4" })
+	g := byName(gossipMember("n4", func(m *membership.Meta) { m.HasRaft, m.Join, m.JoinProof = false, true, "forged" }))
+	servers, _ := r.Servers()
+	for range 3 {
+		term.reconcile(g, servers, time.Now())
+	}
+	if got := r.log(); len(got) != 0 {
+		t.Fatalf("a join without proof reached Raft: %v", got)
+	}
+	if !strings.HasPrefix(term.refused["n4"], "forged|") {
+		t.Fatalf("refusal not remembered (it would be logged every round): %v", term.refused)
+	}
+}
+
+func TestReconcileLogsAFailedAddOncePerReason(t *testing.T) {
+	r := newFakeRaft(threeMembers(), []string{"n1", "n2", "n3"})
+	r.failAdd = errors.New("tls: unknown certificate authority")
+	term := testTerm(r, allowAll)
+	g := byName(gossipMember("n4", func(m *membership.Meta) { m.HasRaft, m.Join = false, true }))
+	servers, _ := r.Servers()
+	term.reconcile(g, servers, time.Now())
+	term.reconcile(g, servers, time.Now())
+	if term.refused["n4"] != r.failAdd.Error() {
+		t.Fatalf("failure not remembered: %v", term.refused)
+	}
+	if _, ok := r.ClusterState().Members["n4"]; ok {
+		t.Fatal("a member Raft refused was recorded in the FSM")
+	}
+}
+
+func TestReconcileNeverRemovesAndKeepsAddressesCurrent(t *testing.T) {
+	r := newFakeRaft(threeMembers(), []string{"n1", "n2", "n3"})
+	term := testTerm(r, allowAll)
+	moved := gossipMember("n2", func(m *membership.Meta) { m.PG = "pg-n2-new" })
+	dead := gossipMember("n3", nil)
+	dead.Alive = false
+	// n1 unchanged, n2 moved, n3 dead (its gossip stale): only n2 is written.
+	servers, _ := r.Servers()
+	term.reconcile(byName(gossipMember("n1", nil), moved, dead), servers, time.Now())
+	if got := r.log(); !slices.Equal(got, []string{"apply raftfsm.UpsertMember"}) {
+		t.Fatalf("calls %v, want one upsert (n2)", got)
+	}
+	st := r.ClusterState()
+	if st.Members["n2"].PGAddr != "pg-n2-new" {
+		t.Fatalf("n2's new address not recorded: %+v", st.Members["n2"])
+	}
+	if _, ok := st.Members["n3"]; !ok {
+		t.Fatal("a member whose gossip went stale was removed")
+	}
+	// Gone from gossip entirely: still not removed.
+	term.reconcile(byName(gossipMember("n1", nil)), servers, time.Now())
+	if len(r.ClusterState().Members) != 3 {
+		t.Fatal("reconcile removed a member")
+	}
+}
+
+func TestNewTermForgetsTheOldTermsBookkeeping(t *testing.T) {
+	r := newFakeRaft(threeMembers(), []string{"n1", "n2", "n3"}, "n4")
+	a := testAgent(r, &fakeGossip{})
+	l := a.loop
+	t1 := l.termFor(7)
+	t1.nonvoters["n4"] = time.Now().Add(-time.Hour)
+	t1.lastTransfer = time.Now()
+	t1.sync = syncAdding{name: "n2", target: 5, since: time.Now()}
+	l.term = t1
+	if l.termFor(7) != t1 {
+		t.Fatal("the same term got a new object")
+	}
+	l.term = l.termFor(0)
+	if l.term != nil {
+		t.Fatal("a term survived the loss of leadership")
+	}
+	t2 := l.termFor(8)
+	if len(t2.nonvoters) != 0 || !t2.lastTransfer.IsZero() || t2.sync.name != "" {
+		t.Fatalf("new term inherited bookkeeping: %+v", t2)
+	}
+}
+
+func TestTransferOnlyToAVoter(t *testing.T) {
+	r := newFakeRaft(threeMembers(), []string{"n1", "n2"}, "n3")
+	term := testTerm(r, allowAll)
+	if err := term.transferTo("n3"); err == nil || !strings.Contains(err.Error(), "not a voter") {
+		t.Fatalf("transfer to a non-voter: %v", err)
+	}
+	if err := term.transferTo("n9"); err == nil {
+		t.Fatal("transfer to a stranger succeeded")
+	}
+	now := time.Now()
+	if err := term.transfer("n2", "test", now); err != nil {
+		t.Fatal(err)
+	}
+	if err := term.transfer("n2", "test", now.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.log(); !slices.Equal(got, []string{"transfer n2"}) {
+		t.Fatalf("transfers %v: want one (at most every %s)", got, transferEvery)
+	}
+}
