@@ -93,7 +93,7 @@ type Supervisor struct {
 	mu       sync.Mutex
 	idle     *sync.Cond // signalled when inflight drops
 	closed   bool
-	inflight int // starts under way or scheduled; StopAll and Close wait for none
+	inflight int // starts under way or scheduled; StopAll and Close wait until none is left
 	live     map[*Process]struct{}
 	pending  map[*delayed]struct{}
 
