@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/cluster"
+	"github.com/pgha/pgha/internal/testutil"
 	"go.uber.org/goleak"
 )
 
@@ -598,7 +599,7 @@ func TestRemove_NoLeaderKnown(t *testing.T) {
 
 func TestRemove_LeaderUnreachable(t *testing.T) {
 	var mu sync.Mutex
-	dead := deadAddr(t)
+	dead := testutil.FreeAddr(t)
 	var got calls[api.RemoveRequest]
 	addr := follower(t, &dead, &mu, &got, api.ErrNotLeader)
 	err := api.NewClient(addr).Remove(ctxFor(t), api.RemoveRequest{Name: "pg3"})
@@ -645,20 +646,8 @@ func TestBodyLimit(t *testing.T) {
 	}
 }
 
-// deadAddr is a loopback address nobody listens on (just released).
-func deadAddr(tb testing.TB) string {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
 func TestClient_ConnectionRefused(t *testing.T) {
-	addr := deadAddr(t)
+	addr := testutil.FreeAddr(t)
 	cl := api.NewClient(addr)
 	_, err := cl.Cluster(ctxFor(t))
 	if err == nil {

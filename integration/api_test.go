@@ -15,6 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/internal/supervise"
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -80,7 +82,7 @@ func TestHealthEndpoints(t *testing.T) {
 	}
 	// The replicas' view of the primary's position arrives by gossip;
 	// wait until the lag is known before asking with ?lag.
-	waitFor(t, 20*time.Second, "replica lag known", func() error {
+	testutil.WaitFor(t, 20*time.Second, "replica lag known", func() error {
 		for _, r := range rs {
 			if code, why := status(t, r, "GET", "/replica?lag=16MB", ""); code != 200 {
 				return fmt.Errorf("%s: %d %s", r.Name, code, why)
@@ -156,7 +158,7 @@ func TestHealthEndpoints(t *testing.T) {
 	}
 
 	// pgha check: OK everywhere on a healthy cluster (exit 0).
-	waitFor(t, 20*time.Second, "pgha check OK on every node", func() error {
+	testutil.WaitFor(t, 20*time.Second, "pgha check OK on every node", func() error {
 		for _, nd := range c.Nodes {
 			out, _, code := cli(t, "check", fmt.Sprintf("--api=127.0.0.1:%d", nd.API))
 			if code != 0 {
@@ -188,7 +190,7 @@ func TestHealthEndpoints(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill postmaster %d: %v", pid, err)
 	}
-	waitFor(t, 15*time.Second, "replica health 503", func() error {
+	testutil.WaitFor(t, 15*time.Second, "replica health 503", func() error {
 		if code, _ := status(t, down, "GET", "/health", ""); code != 503 {
 			return fmt.Errorf("/health = %d", code)
 		}
@@ -199,7 +201,7 @@ func TestHealthEndpoints(t *testing.T) {
 	expect(down, "/liveness", 200)
 	expect(p, "/primary", 200)
 	// /check reuses an inspection for a second: ask until it is fresh.
-	waitFor(t, 10*time.Second, "check CRITICAL with PostgreSQL down", func() error {
+	testutil.WaitFor(t, 10*time.Second, "check CRITICAL with PostgreSQL down", func() error {
 		out, _, code := cli(t, "check", fmt.Sprintf("--api=127.0.0.1:%d", down.API))
 		if code != 2 || !strings.Contains(out, "CRITICAL") {
 			return fmt.Errorf("exit %d\n%s", code, out)
@@ -207,7 +209,7 @@ func TestHealthEndpoints(t *testing.T) {
 		return nil
 	})
 	// The primary sees the replica gone: slot inactive, sender missing.
-	waitFor(t, 15*time.Second, "primary's check warns", func() error {
+	testutil.WaitFor(t, 15*time.Second, "primary's check warns", func() error {
 		out, _, code := cli(t, "check", fmt.Sprintf("--api=127.0.0.1:%d", p.API))
 		if code != 1 || !strings.Contains(out, down.Name) {
 			return fmt.Errorf("exit %d\n%s", code, out)
@@ -217,7 +219,7 @@ func TestHealthEndpoints(t *testing.T) {
 	if _, errOut, code := cli(t, "resume", apiFlag, "--api-auth", apiAuth); code != 0 {
 		t.Fatalf("resume: %s", errOut)
 	}
-	waitFor(t, 60*time.Second, "replica back", func() error {
+	testutil.WaitFor(t, 60*time.Second, "replica back", func() error {
 		if code, why := status(t, down, "GET", "/replica", ""); code != 200 {
 			return fmt.Errorf("/replica = %d %s", code, why)
 		}
@@ -282,7 +284,7 @@ func TestLibpqMultiHost(t *testing.T) {
 	if np == p {
 		t.Fatal("switchover kept the same primary")
 	}
-	waitFor(t, 20*time.Second, "multi-host reaches the new primary", func() error {
+	testutil.WaitFor(t, 20*time.Second, "multi-host reaches the new primary", func() error {
 		if got, want := landed(), fmt.Sprintf("%d false", np.PG); got != want {
 			return fmt.Errorf("landed on %q, want %q", got, want)
 		}
@@ -299,7 +301,7 @@ func TestHAProxyHealthChecks(t *testing.T) {
 		t.Skip("haproxy not installed and `make deps` could not install it (apt-get install -y haproxy)")
 	}
 	c, ci := authCluster(t)
-	write, read, stats := freePort(t), freePort(t), freePort(t)
+	write, read, stats := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	var b strings.Builder
 	fmt.Fprintf(&b, "global\n  maxconn 200\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30m\n  timeout server 30m\n  timeout check 2s\n\n")
 	fmt.Fprintf(&b, "listen stats\n  mode http\n  bind 127.0.0.1:%d\n  stats enable\n  stats uri /\n\n", stats)
@@ -321,35 +323,25 @@ func TestHAProxyHealthChecks(t *testing.T) {
 	if out, err := exec.Command(haproxy, "-c", "-f", cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("haproxy config check: %v\n%s\n%s", err, out, b.String())
 	}
-	logf, err := os.Create(filepath.Join(c.Dir, "haproxy.log"))
+	hp, err := c.sup.Start(supervise.Spec{Name: "haproxy", Argv: []string{haproxy, "-db", "-f", cfgPath},
+		LogPath: filepath.Join(c.Dir, "haproxy.log")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
-	cmd := exec.Command(haproxy, "-db", "-f", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start haproxy: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill() // by PID: the one we started
-		<-done
-	})
+	t.Cleanup(hp.Kill) // by PID: the one we started
 
 	dsn := func(port int) string {
 		return fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?connect_timeout=3&sslmode=disable", superPass, port)
 	}
 	p, rs := primaryAndReplicas(c, ci)
-	waitFor(t, 20*time.Second, "HAProxy's write listener reaches the primary", func() error {
+	testutil.WaitFor(t, 20*time.Second, "HAProxy's write listener reaches the primary", func() error {
 		if port, rec, err := serverPort(dsn(write)); err != nil || port != p.PG || rec {
 			return fmt.Errorf("write landed on port %d (in recovery %v, %v), want %d", port, rec, err, p.PG)
 		}
 		return nil
 	})
 	seen := map[int]int{}
-	waitFor(t, 20*time.Second, "HAProxy's read listener spreads over both replicas", func() error {
+	testutil.WaitFor(t, 20*time.Second, "HAProxy's read listener spreads over both replicas", func() error {
 		for range 10 {
 			port, rec, err := serverPort(dsn(read))
 			if err != nil {
@@ -376,7 +368,7 @@ func TestHAProxyHealthChecks(t *testing.T) {
 		t.Fatal("switchover kept the same primary")
 	}
 	// inter 1s, rise 1: the new primary is in within about a second or two.
-	waitFor(t, 15*time.Second, "HAProxy's write listener reaches the new primary", func() error {
+	testutil.WaitFor(t, 15*time.Second, "HAProxy's write listener reaches the new primary", func() error {
 		if port, rec, err := serverPort(dsn(write)); err != nil || port != np.PG || rec {
 			return fmt.Errorf("write landed on port %d (in recovery %v, %v), want %d", port, rec, err, np.PG)
 		}
@@ -392,7 +384,7 @@ func TestJoinNeedsCredentials(t *testing.T) {
 	n4 := c.addNode("n4")
 	c.Start(n4)
 	n4api := fmt.Sprintf("--api=127.0.0.1:%d", n4.API)
-	waitFor(t, 30*time.Second, "n4 API up", func() error {
+	testutil.WaitFor(t, 30*time.Second, "n4 API up", func() error {
 		_, _, err := n4.Client().Health(context.Background())
 		return err
 	})
@@ -414,7 +406,7 @@ func TestJoinNeedsCredentials(t *testing.T) {
 	c.Stop(n4)
 	n4.Env = append(n4.Env, "PGHA_API_AUTH="+apiAuth)
 	c.Start(n4)
-	waitFor(t, 30*time.Second, "n4 API up", func() error {
+	testutil.WaitFor(t, 30*time.Second, "n4 API up", func() error {
 		_, _, err := n4.Client().Health(context.Background())
 		return err
 	})

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // The failover benchmarks: run with `make bench-failover` (RUNS=N runs
@@ -76,7 +78,7 @@ func TestBenchFailover(t *testing.T) {
 		t0 := time.Now()
 		do()
 		done := time.Now()
-		waitFor(t, 90*time.Second, kind+": writes on the new primary", func() error {
+		testutil.WaitFor(t, 90*time.Second, kind+": writes on the new primary", func() error {
 			for i, w := range ws {
 				if !w.okAfter(done) {
 					return fmt.Errorf("%s probe not writing yet", probes[i].name)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // TestBenchIdle measures what the pgha agents of an idle, healthy 3-node
@@ -41,7 +43,7 @@ func TestBenchIdle(t *testing.T) {
 	}
 	var agents []*agent
 	for _, nd := range c.Nodes {
-		a := &agent{name: nd.Name, pid: nd.cmd.Process.Pid}
+		a := &agent{name: nd.Name, pid: nd.proc.PID()}
 		cpu, err := procCPUSeconds(a.pid)
 		if err != nil {
 			t.Fatal(err)
@@ -210,7 +212,7 @@ func TestBenchClone(t *testing.T) {
 	n2 := c.addNode("n2")
 	quietLogs(t, c)
 	c.Start(n2)
-	waitFor(t, 30*time.Second, "n2 API up", func() error {
+	testutil.WaitFor(t, 30*time.Second, "n2 API up", func() error {
 		_, _, err := n2.Client().Health(context.Background())
 		return err
 	})

@@ -139,14 +139,10 @@ func (e *chaosEnv) startAll() {
 // exitedUnexpectedly names an agent that should run but exited by itself.
 func (e *chaosEnv) exitedUnexpectedly() error {
 	for _, nd := range e.c.Nodes {
-		if nd.cmd == nil {
-			continue
-		}
-		select {
-		case <-nd.exited:
-			nd.cmd = nil
-			return fmt.Errorf("agent %s exited by itself", nd.Name)
-		default:
+		if nd.proc != nil && nd.proc.Exited() {
+			status := nd.proc.Status()
+			nd.proc = nil
+			return fmt.Errorf("agent %s exited by itself (%s)", nd.Name, status)
 		}
 	}
 	return nil
@@ -245,7 +241,7 @@ func procStat(pid int) (ppid, pgrp int, comm string, err error) {
 // is ours: a postgres process, child of nd's agent, leader of its own
 // process group (so signalling -pid reaches only that PostgreSQL).
 func (e *chaosEnv) postmaster(nd *Node) (int, error) {
-	if nd.cmd == nil {
+	if nd.proc == nil {
 		return 0, fmt.Errorf("%s: agent not running", nd.Name)
 	}
 	pid := postmasterPID(nd)
@@ -256,7 +252,7 @@ func (e *chaosEnv) postmaster(nd *Node) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("%s: postmaster %d: %w", nd.Name, pid, err)
 	}
-	if ppid != nd.cmd.Process.Pid || pgrp != pid || !strings.HasPrefix(comm, "postgres") {
+	if ppid != nd.proc.PID() || pgrp != pid || !strings.HasPrefix(comm, "postgres") {
 		return 0, fmt.Errorf("%s: pid %d (%s, parent %d, group %d) is not the agent's postmaster", nd.Name, pid, comm, ppid, pgrp)
 	}
 	return pid, nil
@@ -339,7 +335,7 @@ func (e *chaosEnv) convergence() (api.ClusterInfo, error) {
 			return ci, fmt.Errorf("%s on timeline %d, primary %s on %d", n, m.Timeline, primary, tl)
 		}
 		nd := e.c.Node(n)
-		if nd.cmd == nil {
+		if nd.proc == nil {
 			return ci, fmt.Errorf("%s: agent not running", n)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -533,7 +533,7 @@ func (r *chaosRun) inject(f plannedFault, ci api.ClusterInfo, rec *faultRecord) 
 			return err
 		}
 		begin()
-		_ = target.cmd.Process.Kill()
+		_ = target.proc.Signal(syscall.SIGKILL) // not Kill: that would wait before the postmaster is hit
 		_ = syscall.Kill(pm, syscall.SIGKILL)
 		for _, pid := range postgresChildren(pm) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -546,7 +546,7 @@ func (r *chaosRun) inject(f plannedFault, ci api.ClusterInfo, rec *faultRecord) 
 		if err != nil {
 			return err
 		}
-		agent := target.cmd.Process.Pid
+		agent := target.proc.PID()
 		if _, pgrp, _, err := procStat(agent); err != nil || pgrp != agent {
 			return fmt.Errorf("%s: agent %d is not its own process group (%d, %v)", target.Name, agent, pgrp, err)
 		}
@@ -576,8 +576,8 @@ func (r *chaosRun) inject(f plannedFault, ci api.ClusterInfo, rec *faultRecord) 
 	case kindRestartAll:
 		begin()
 		for _, nd := range e.c.Nodes {
-			if nd.cmd != nil {
-				_ = nd.cmd.Process.Signal(syscall.SIGTERM)
+			if nd.proc != nil {
+				_ = nd.proc.Signal(syscall.SIGTERM)
 			}
 		}
 		for _, nd := range e.c.Nodes {

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -17,13 +16,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/internal/supervise"
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // pghaBin is the binary under test: $PGHA_BIN, or built by TestMain.
@@ -71,8 +71,9 @@ type Node struct {
 	// APIOptions, when set, is how Client reaches the API (https,
 	// credentials).
 	APIOptions *api.ClientOptions
-	cmd        *exec.Cmd
-	exited     chan struct{}
+	// proc is the running agent; nil before Start and once the test has
+	// seen it exit (Kill, Stop, WaitExit, failIfExited).
+	proc *supervise.Process
 }
 
 // Cluster is a set of agents on loopback with their own directories.
@@ -80,6 +81,7 @@ type Cluster struct {
 	t     *testing.T
 	Dir   string
 	Nodes []*Node
+	sup   *supervise.Supervisor // the agents and other processes the test starts
 }
 
 // newCluster lays out n nodes (names n1..nN) that form a cluster with
@@ -92,7 +94,7 @@ func newCluster(t *testing.T, n int) *Cluster {
 		}
 	}
 	dir := traversableTempDir(t)
-	c := &Cluster{t: t, Dir: dir}
+	c := &Cluster{t: t, Dir: dir, sup: supervise.New(supervise.Options{})}
 	for i := 1; i <= n; i++ {
 		c.Nodes = append(c.Nodes, c.layout(fmt.Sprintf("n%d", i)))
 	}
@@ -120,9 +122,9 @@ func (c *Cluster) layout(name string) *Node {
 	nd := &Node{Name: name, Dir: filepath.Join(c.Dir, name)}
 	nd.ConfigPath = filepath.Join(c.Dir, name+".yml")
 	nd.LogPath = filepath.Join(c.Dir, name+".log")
-	nd.PG, nd.API, nd.Raft = freePort(c.t), freePort(c.t), freePort(c.t)
-	nd.Gossip = freeUDPTCPPort(c.t)
-	nd.Write, nd.Read = freePort(c.t), freePort(c.t)
+	nd.PG, nd.API, nd.Raft = testutil.FreePort(c.t), testutil.FreePort(c.t), testutil.FreePort(c.t)
+	nd.Gossip = testutil.FreePort(c.t) // free for UDP too: memberlist binds both
+	nd.Write, nd.Read = testutil.FreePort(c.t), testutil.FreePort(c.t)
 	return nd
 }
 
@@ -166,26 +168,21 @@ func (c *Cluster) addNode(name string) *Node {
 // Start starts the agent of nd.
 func (c *Cluster) Start(nd *Node) {
 	c.t.Helper()
-	logf, err := os.OpenFile(nd.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	c.start(nd, nil)
+}
+
+// start starts nd's agent, through wrapper if set (`ip netns exec NS`,
+// which execs the agent in place, so the PID we hold is the agent's).
+func (c *Cluster) start(nd *Node, wrapper []string) {
+	c.t.Helper()
+	p, err := c.sup.Start(supervise.Spec{
+		Name: nd.Name, Wrapper: wrapper, Argv: []string{pghaBin, "run", "-c", nd.ConfigPath},
+		Env: nd.Env, LogPath: nd.LogPath, OwnGroup: true,
+	})
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	defer logf.Close()
-	cmd := exec.Command(pghaBin, "run", "-c", nd.ConfigPath)
-	if len(nd.Env) > 0 {
-		cmd.Env = append(os.Environ(), nd.Env...)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		c.t.Fatalf("start %s: %v", nd.Name, err)
-	}
-	nd.cmd = cmd
-	nd.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, ch chan struct{}) {
-		_ = cmd.Wait()
-		close(ch)
-	}(cmd, nd.exited)
+	nd.proc = p
 }
 
 func (c *Cluster) StartAll() {
@@ -197,57 +194,71 @@ func (c *Cluster) StartAll() {
 // Kill sends SIGKILL to nd's agent and waits for it to exit.
 func (c *Cluster) Kill(nd *Node) {
 	c.t.Helper()
-	if nd.cmd == nil {
+	if nd.proc == nil {
 		return
 	}
-	_ = nd.cmd.Process.Kill()
-	<-nd.exited
-	nd.cmd = nil
+	nd.proc.Kill()
+	nd.proc = nil
 }
 
 // Stop sends SIGTERM to nd's agent and waits (generously) for a clean exit.
 func (c *Cluster) Stop(nd *Node) {
 	c.t.Helper()
-	if nd.cmd == nil {
+	if nd.proc == nil {
 		return
 	}
-	_ = nd.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-nd.exited:
-	case <-time.After(90 * time.Second):
-		c.t.Errorf("%s did not stop within 90s after SIGTERM; killing it", nd.Name)
-		_ = nd.cmd.Process.Kill()
-		<-nd.exited
+	if !nd.proc.Stop(90 * time.Second) {
+		c.t.Errorf("%s did not stop within 90s after SIGTERM; killed it", nd.Name)
 	}
-	nd.cmd = nil
+	nd.proc = nil
 }
 
 // WaitExit waits for an agent that stops by itself (after leave).
 func (c *Cluster) WaitExit(nd *Node, timeout time.Duration) {
 	c.t.Helper()
-	select {
-	case <-nd.exited:
-		nd.cmd = nil
-	case <-time.After(timeout):
+	if nd.proc == nil {
+		return
+	}
+	if !nd.proc.Wait(timeout) {
 		c.t.Fatalf("%s still running %s after it should have stopped", nd.Name, timeout)
 	}
+	nd.proc = nil
 }
 
+// stopAll stops the agents one by one, then finishes.
 func (c *Cluster) stopAll() {
 	for _, nd := range c.Nodes {
 		c.Stop(nd)
 	}
-	// The agents' postmasters die with them (parent-death signal); a
-	// postmaster that survived would be a bug: report it and end it.
-	for _, nd := range c.Nodes {
-		if pid := postmasterPID(nd); pid > 0 && syscall.Kill(pid, 0) == nil {
-			c.t.Errorf("%s: postmaster %d still running after its agent stopped", nd.Name, pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
+	c.finish()
+}
+
+// finish runs once the agents are stopped: anything else the test started
+// with c.sup ends (with the supervisor's goroutines), a postmaster that
+// outlived its agent is reported, and the logs are dumped on failure.
+func (c *Cluster) finish() {
+	c.sup.Close()
+	c.checkPostmasters()
 	if c.t.Failed() {
 		for _, nd := range c.Nodes {
 			c.dumpLog(nd)
+		}
+	}
+}
+
+// checkPostmasters reports and ends a postmaster that outlived its agent:
+// the agents' postmasters die with them (parent-death signal), so one
+// that survived is a bug. postmaster.pid can outlive an immediate
+// shutdown; only a live postgres process counts.
+func (c *Cluster) checkPostmasters() {
+	for _, nd := range c.Nodes {
+		pid := postmasterPID(nd)
+		if pid <= 0 || syscall.Kill(pid, 0) != nil {
+			continue
+		}
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.HasPrefix(string(comm), "postgres") {
+			c.t.Errorf("%s: postmaster %d still running after its agent stopped", nd.Name, pid)
+			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 }
@@ -306,7 +317,7 @@ func (c *Cluster) Info() (api.ClusterInfo, error) {
 func firstClusterView(nodes []*Node, client func(*Node) *api.Client, skip []string) (api.ClusterInfo, error) {
 	var lastErr error
 	for _, nd := range nodes {
-		if nd.cmd == nil || slices.Contains(skip, nd.Name) {
+		if nd.proc == nil || slices.Contains(skip, nd.Name) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -323,20 +334,6 @@ func firstClusterView(nodes []*Node, client func(*Node) *api.Client, skip []stri
 	return api.ClusterInfo{}, lastErr
 }
 
-// waitFor polls cond every 200 ms until it returns nil or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
-}
-
 // WaitHealthy waits until the named members are there: exactly one
 // primary running and every other listed member streaming.
 func (c *Cluster) WaitHealthy(timeout time.Duration, names ...string) api.ClusterInfo {
@@ -349,7 +346,7 @@ func (c *Cluster) WaitHealthy(timeout time.Duration, names ...string) api.Cluste
 func waitHealthy(t *testing.T, c *Cluster, timeout time.Duration, names []string, client func(*Node) *api.Client, info func() (api.ClusterInfo, error)) api.ClusterInfo {
 	t.Helper()
 	var ci api.ClusterInfo
-	waitFor(t, timeout, fmt.Sprintf("members %v healthy", names), func() error {
+	testutil.WaitFor(t, timeout, fmt.Sprintf("members %v healthy", names), func() error {
 		c.failIfExited()
 		var err error
 		ci, err = info()
@@ -381,7 +378,7 @@ func waitHealthy(t *testing.T, c *Cluster, timeout time.Duration, names []string
 		// each running agent itself too.
 		for _, n := range names {
 			nd := c.Node(n)
-			if nd.cmd == nil {
+			if nd.proc == nil {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -401,14 +398,10 @@ func waitHealthy(t *testing.T, c *Cluster, timeout time.Duration, names []string
 func (c *Cluster) failIfExited() {
 	c.t.Helper()
 	for _, nd := range c.Nodes {
-		if nd.cmd == nil {
-			continue
-		}
-		select {
-		case <-nd.exited:
-			nd.cmd = nil
-			c.t.Fatalf("agent %s exited unexpectedly; see its log below", nd.Name)
-		default:
+		if nd.proc != nil && nd.proc.Exited() {
+			status := nd.proc.Status()
+			nd.proc = nil
+			c.t.Fatalf("agent %s exited unexpectedly (%s); see its log below", nd.Name, status)
 		}
 	}
 }
@@ -454,48 +447,6 @@ func cli(t *testing.T, args ...string) (string, string, int) {
 		t.Fatalf("run pgha %v: %v", args, err)
 	}
 	return out.String(), errb.String(), code
-}
-
-// Test ports come from below the kernel's ephemeral range (32768+ here),
-// so no outgoing connection of a running agent can take a port between
-// the moment it is picked and the moment an agent binds it; a counter
-// keeps one test process from handing the same port out twice.
-var (
-	portMu   sync.Mutex
-	nextPort = 20000 + os.Getpid()%5000
-)
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	portMu.Lock()
-	defer portMu.Unlock()
-	for i := 0; i < 2000; i++ {
-		p := nextPort
-		nextPort++
-		if nextPort >= 32000 {
-			nextPort = 20000
-		}
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		uc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
-		}
-		uc.Close()
-		return p
-	}
-	t.Fatal("no free port in 20000-32000")
-	return 0
-}
-
-// freeUDPTCPPort finds a port free for both TCP and UDP (memberlist binds
-// both); freePort checks both already.
-func freeUDPTCPPort(t *testing.T) int {
-	t.Helper()
-	return freePort(t)
 }
 
 func decodeJSON(t *testing.T, s string, v any) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // TestCoreLifecycle walks a cluster through its life as an operator
@@ -40,7 +41,7 @@ func TestCoreLifecycle(t *testing.T) {
 	ok := t.Run("replication", func(t *testing.T) {
 		pc := connect(t, primary)
 		ctx := context.Background()
-		waitFor(t, 30*time.Second, "two streaming rows in pg_stat_replication", func() error {
+		testutil.WaitFor(t, 30*time.Second, "two streaming rows in pg_stat_replication", func() error {
 			var n int
 			if err := pc.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").Scan(&n); err != nil {
 				return err
@@ -62,7 +63,7 @@ func TestCoreLifecycle(t *testing.T) {
 		}
 		for _, r := range replicas {
 			rc := connect(t, r)
-			waitFor(t, 30*time.Second, "row visible on "+r.Name, func() error {
+			testutil.WaitFor(t, 30*time.Second, "row visible on "+r.Name, func() error {
 				var note string
 				return rc.QueryRow(ctx, "SELECT note FROM it WHERE id = 1").Scan(&note)
 			})
@@ -108,7 +109,7 @@ func TestCoreLifecycle(t *testing.T) {
 		pm := postmasterPID(r)
 		c.Kill(r)
 		// The postmaster is the agent's child with a parent-death signal.
-		waitFor(t, 30*time.Second, "postmaster of the killed agent gone", func() error {
+		testutil.WaitFor(t, 30*time.Second, "postmaster of the killed agent gone", func() error {
 			if pm > 0 && syscall.Kill(pm, 0) == nil {
 				return fmt.Errorf("postmaster %d alive", pm)
 			}
@@ -121,7 +122,7 @@ func TestCoreLifecycle(t *testing.T) {
 		c.Start(r)
 		c.WaitHealthy(90*time.Second, "n1", "n2", "n3")
 		rc := connect(t, r)
-		waitFor(t, 30*time.Second, "row 2 on the restarted replica", func() error {
+		testutil.WaitFor(t, 30*time.Second, "row 2 on the restarted replica", func() error {
 			var note string
 			return rc.QueryRow(context.Background(), "SELECT note FROM it WHERE id = 2").Scan(&note)
 		})
@@ -140,12 +141,12 @@ func TestCoreLifecycle(t *testing.T) {
 		}
 		c.Start(n4)
 		n4api := fmt.Sprintf("127.0.0.1:%d", n4.API)
-		waitFor(t, 30*time.Second, "n4 API up", func() error {
+		testutil.WaitFor(t, 30*time.Second, "n4 API up", func() error {
 			_, _, err := n4.Client().Health(context.Background())
 			return err
 		})
 		// A join to an address where nobody listens fails with a message.
-		dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		dead := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 		_, stderr, code := cli(t, "join", "--api", n4api, "--timeout", "15s", dead)
 		if code == 0 || !strings.Contains(stderr, dead) {
 			t.Errorf("join to a dead address: exit %d, stderr %q; want a failure naming the address", code, stderr)
@@ -154,7 +155,7 @@ func TestCoreLifecycle(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("pgha join: exit %d: %s %s", code, out, stderr)
 		}
-		waitFor(t, 60*time.Second, "n4 refusing the foreign data directory", func() error {
+		testutil.WaitFor(t, 60*time.Second, "n4 refusing the foreign data directory", func() error {
 			ci, err := c.Info()
 			if err != nil {
 				return err
@@ -177,7 +178,7 @@ func TestCoreLifecycle(t *testing.T) {
 		c.Start(n4)
 		c.WaitHealthy(2*time.Minute, "n1", "n2", "n3", "n4")
 		pc := connect(t, primary)
-		waitFor(t, 30*time.Second, "slot pgha_n4 active on the primary", func() error {
+		testutil.WaitFor(t, 30*time.Second, "slot pgha_n4 active on the primary", func() error {
 			var active bool
 			err := pc.QueryRow(context.Background(), "SELECT active FROM pg_replication_slots WHERE slot_name = 'pgha_n4'").Scan(&active)
 			if err != nil {
@@ -188,7 +189,7 @@ func TestCoreLifecycle(t *testing.T) {
 			}
 			return nil
 		})
-		waitFor(t, 30*time.Second, "n4 a Raft voter", func() error {
+		testutil.WaitFor(t, 30*time.Second, "n4 a Raft voter", func() error {
 			ci, err := c.Info()
 			if err != nil {
 				return err
@@ -210,7 +211,7 @@ func TestCoreLifecycle(t *testing.T) {
 			t.Fatalf("pgha leave: exit %d: %s %s", code, out, stderr)
 		}
 		c.WaitExit(n4, 60*time.Second)
-		waitFor(t, 30*time.Second, "n4 gone from the cluster", func() error {
+		testutil.WaitFor(t, 30*time.Second, "n4 gone from the cluster", func() error {
 			ci, err := c.Info()
 			if err != nil {
 				return err
@@ -223,7 +224,7 @@ func TestCoreLifecycle(t *testing.T) {
 			return nil
 		})
 		pc := connect(t, primary)
-		waitFor(t, 30*time.Second, "slot pgha_n4 dropped", func() error {
+		testutil.WaitFor(t, 30*time.Second, "slot pgha_n4 dropped", func() error {
 			var n int
 			if err := pc.QueryRow(context.Background(), "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgha_n4'").Scan(&n); err != nil {
 				return err

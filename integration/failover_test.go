@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // primaryNode returns the node the cluster records as primary.
@@ -29,7 +30,7 @@ func (c *Cluster) primaryNode(t *testing.T) *Node {
 func (c *Cluster) waitNewPrimary(t *testing.T, old string, timeout time.Duration) *Node {
 	t.Helper()
 	var got string
-	waitFor(t, timeout, "a new primary other than "+old, func() error {
+	testutil.WaitFor(t, timeout, "a new primary other than "+old, func() error {
 		ci, err := c.Info()
 		if err != nil {
 			return err
@@ -94,7 +95,7 @@ func startAckWriter(ctx context.Context, nd *Node, from int, pause time.Duration
 // a test does not depend on how fast a loaded machine commits.
 func (w *ackWriter) WaitAcked(t *testing.T, n int, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, fmt.Sprintf("%d acknowledged commits", n), func() error {
+	testutil.WaitFor(t, timeout, fmt.Sprintf("%d acknowledged commits", n), func() error {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if len(w.acked) < n {
@@ -173,7 +174,7 @@ func TestFailoverScenarios(t *testing.T) {
 		if _, err := pc.Exec(ctx, "CREATE TABLE filler AS SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 3000) g"); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 20*time.Second, "the candidate's lag to show", func() error {
+		testutil.WaitFor(t, 20*time.Second, "the candidate's lag to show", func() error {
 			ci, err := c.Info()
 			if err != nil {
 				return err
@@ -193,7 +194,7 @@ func TestFailoverScenarios(t *testing.T) {
 		c.WaitHealthy(time.Minute, "n1", "n2", "n3")
 		// Let the candidate catch up before the next scenario switches
 		// over to it.
-		waitFor(t, 30*time.Second, "the candidate to catch up", func() error {
+		testutil.WaitFor(t, 30*time.Second, "the candidate to catch up", func() error {
 			ci, err := c.Info()
 			if err != nil {
 				return err
@@ -260,7 +261,7 @@ func TestFailoverScenarios(t *testing.T) {
 			_ = syscall.Kill(pm, syscall.SIGKILL)
 		}
 		newP := c.waitNewPrimary(t, old.Name, 60*time.Second)
-		waitFor(t, 30*time.Second, "a write on the new primary", func() error { return insert(ctx, newP, nextID) })
+		testutil.WaitFor(t, 30*time.Second, "a write on the new primary", func() error { return insert(ctx, newP, nextID) })
 		nextID++
 		t.Logf("whole-node kill: first write on %s after %.2fs", newP.Name, time.Since(start).Seconds())
 		c.Start(old)
@@ -280,7 +281,7 @@ func TestFailoverScenarios(t *testing.T) {
 	if !t.Run("frozen primary is fenced", func(t *testing.T) {
 		old := c.primaryNode(t)
 		pm := postmasterPID(old)
-		agentPID := old.cmd.Process.Pid
+		agentPID := old.proc.PID()
 		syscall.Kill(agentPID, syscall.SIGSTOP)
 		syscall.Kill(pm, syscall.SIGSTOP)
 		resumed := false
@@ -293,7 +294,7 @@ func TestFailoverScenarios(t *testing.T) {
 		}
 		defer resume()
 		newP := c.waitNewPrimary(t, old.Name, 60*time.Second)
-		waitFor(t, 30*time.Second, "a write on the new primary", func() error { return insert(ctx, newP, nextID) })
+		testutil.WaitFor(t, 30*time.Second, "a write on the new primary", func() error { return insert(ctx, newP, nextID) })
 		nextID++
 		resume()
 		// Right after the freeze ends, a direct write to the old primary

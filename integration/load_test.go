@@ -9,11 +9,11 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/internal/supervise"
 )
 
 const loadPGBin = "/usr/lib/postgresql/15/bin"
@@ -62,7 +62,8 @@ func TestNoFalseFailoverUnderLoad(t *testing.T) {
 	t.Logf("pgbench -i -s 5 took %.1fs", time.Since(initStart).Seconds())
 
 	// CPU burners: one more than the cores, so the agents compete for CPU.
-	burners := loadStartBurners(t, 3)
+	const nBurners = 3
+	burners := loadStartBurners(t, nBurners)
 	loadStart := time.Now()
 
 	// Watch the cluster every second during the load: record any change
@@ -109,10 +110,10 @@ func TestNoFalseFailoverUnderLoad(t *testing.T) {
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		t.Logf("load average at the end of the load: %s", strings.TrimSpace(string(la)))
 	}
-	loadStopBurners(burners)
+	burners.Close()
 	close(stopWatch)
 	<-watchDone
-	t.Logf("pgbench -c 4 -j 2 -T 60 with %d CPU burners (%.1fs):\n%s", len(burners), loadDur.Seconds(), loadSummary(out))
+	t.Logf("pgbench -c 4 -j 2 -T 60 with %d CPU burners (%.1fs):\n%s", nBurners, loadDur.Seconds(), loadSummary(out))
 	if err != nil {
 		t.Errorf("pgbench run failed (the primary stopped serving under load?): %v\n%s", err, out)
 	}
@@ -167,32 +168,19 @@ func loadSummary(out string) string {
 }
 
 // loadStartBurners starts n busy-looping shells, each in its own process
-// group; t.Cleanup ends them by PID if the test stops early.
-func loadStartBurners(t *testing.T, n int) []*exec.Cmd {
+// group. Closing the supervisor it returns kills them by PID; t.Cleanup
+// does that too if the test stops early.
+func loadStartBurners(t *testing.T, n int) *supervise.Supervisor {
 	t.Helper()
-	var cmds []*exec.Cmd
+	sup := supervise.New(supervise.Options{})
+	t.Cleanup(sup.Close)
 	for i := 0; i < n; i++ {
-		cmd := exec.Command("sh", "-c", "while :; do :; done")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			loadStopBurners(cmds)
+		spec := supervise.Spec{Name: fmt.Sprintf("burner%d", i+1), Argv: []string{"sh", "-c", "while :; do :; done"}, OwnGroup: true}
+		if _, err := sup.Start(spec); err != nil {
 			t.Fatalf("start CPU burner: %v", err)
 		}
-		cmds = append(cmds, cmd)
 	}
-	t.Cleanup(func() { loadStopBurners(cmds) })
-	return cmds
-}
-
-// loadStopBurners kills the burners by PID and reaps them; safe to call twice.
-func loadStopBurners(cmds []*exec.Cmd) {
-	for _, cmd := range cmds {
-		if cmd.ProcessState != nil {
-			continue
-		}
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}
+	return sup
 }
 
 func loadHistory(t *testing.T, apiAddr string) []api.HistoryEntry {

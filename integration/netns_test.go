@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/internal/supervise"
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // nsRequireNetns skips the test unless we are root, `ip` is installed and
@@ -150,7 +152,7 @@ func newNetLab(t *testing.T, n int) *netLab {
 	// reachable from the root namespace (TCP connect to a closed port
 	// answers with a reset, so "connection refused" proves the path).
 	for i, ip := range lab.IP {
-		waitFor(t, 10*time.Second, "root namespace reaches "+lab.NS[i], func() error {
+		testutil.WaitFor(t, 10*time.Second, "root namespace reaches "+lab.NS[i], func() error {
 			c, err := net.DialTimeout("tcp", ip+":9", 500*time.Millisecond)
 			if err == nil {
 				c.Close()
@@ -207,13 +209,13 @@ func (lab *netLab) teardown() {
 }
 
 // nsCluster is a pgha cluster whose agents run one per namespace of a
-// netLab. It reuses Cluster's Node bookkeeping (cmd, exited, logs) but
+// netLab. It reuses Cluster's Node bookkeeping (process, logs) but
 // starts the agents with `ip netns exec` and talks to them over the
 // bridge.
 type nsCluster struct {
 	t     *testing.T
 	lab   *netLab
-	c     *Cluster // for Node lookup, failIfExited and dumpLog
+	c     *Cluster // for Node lookup, starting agents, failIfExited and finish
 	IP    map[string]string
 	NS    map[string]string
 	index map[string]int
@@ -234,7 +236,7 @@ func newNSCluster(t *testing.T, lab *netLab) *nsCluster {
 		t.Skip("PostgreSQL 15 binaries not found at /usr/lib/postgresql/15/bin (apt-get install -y postgresql-15)")
 	}
 	dir := traversableTempDir(t)
-	nc := &nsCluster{t: t, lab: lab, c: &Cluster{t: t, Dir: dir},
+	nc := &nsCluster{t: t, lab: lab, c: &Cluster{t: t, Dir: dir, sup: supervise.New(supervise.Options{})},
 		IP: map[string]string{}, NS: map[string]string{}, index: map[string]int{}}
 	n := len(lab.NS)
 	for i := 0; i < n; i++ {
@@ -273,27 +275,10 @@ func newNSCluster(t *testing.T, lab *netLab) *nsCluster {
 
 func (nc *nsCluster) Node(name string) *Node { return nc.c.Node(name) }
 
-// Start runs nd's agent inside its namespace. `ip netns exec` execs the
-// command in place, so the PID we hold is the agent's.
+// Start runs nd's agent inside its namespace.
 func (nc *nsCluster) Start(nd *Node) {
 	nc.t.Helper()
-	logf, err := os.OpenFile(nd.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		nc.t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command("ip", "netns", "exec", nc.NS[nd.Name], pghaBin, "run", "-c", nd.ConfigPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		nc.t.Fatalf("start %s: %v", nd.Name, err)
-	}
-	nd.cmd = cmd
-	nd.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, ch chan struct{}) {
-		_ = cmd.Wait()
-		close(ch)
-	}(cmd, nd.exited)
+	nc.c.start(nd, []string{"ip", "netns", "exec", nc.NS[nd.Name]})
 }
 
 func (nc *nsCluster) StartAll() {
@@ -302,43 +287,16 @@ func (nc *nsCluster) StartAll() {
 	}
 }
 
-// stopAll ends every agent by PID (SIGTERM, then SIGKILL after 30 s) and
-// any postmaster that outlived its agent, then dumps logs on failure.
+// stopAll ends every agent by PID at once (SIGTERM, then SIGKILL after
+// 30 s), then finishes as Cluster does.
 func (nc *nsCluster) stopAll() {
-	for _, nd := range nc.c.Nodes {
-		if nd.cmd != nil {
-			_ = nd.cmd.Process.Signal(syscall.SIGTERM)
-		}
-	}
-	deadline := time.After(30 * time.Second)
-	for _, nd := range nc.c.Nodes {
-		if nd.cmd == nil {
-			continue
-		}
-		select {
-		case <-nd.exited:
-		case <-deadline:
-			nc.t.Errorf("%s did not stop within 30s after SIGTERM; killing it", nd.Name)
-			_ = nd.cmd.Process.Kill()
-			<-nd.exited
-		}
-		nd.cmd = nil
+	for _, p := range nc.c.sup.StopAll(30 * time.Second) {
+		nc.t.Errorf("%s did not stop within 30s after SIGTERM; killed it", p.Name())
 	}
 	for _, nd := range nc.c.Nodes {
-		if pid := postmasterPID(nd); pid > 0 && syscall.Kill(pid, 0) == nil {
-			// postmaster.pid can outlive an immediate shutdown; only a
-			// live postgres process counts.
-			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.HasPrefix(string(comm), "postgres") {
-				nc.t.Errorf("%s: postmaster %d still running after its agent stopped", nd.Name, pid)
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
+		nd.proc = nil
 	}
-	if nc.t.Failed() {
-		for _, nd := range nc.c.Nodes {
-			nc.c.dumpLog(nd)
-		}
-	}
+	nc.c.finish()
 }
 
 // Client is an API client for nd over the bridge.

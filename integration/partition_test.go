@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // partProbe is one write attempt against the isolated primary.
@@ -67,7 +68,7 @@ func TestPartitionedPrimary(t *testing.T) {
 			continue
 		}
 		nd := nc.Node(n)
-		waitFor(t, 30*time.Second, "setup rows on "+n, func() error {
+		testutil.WaitFor(t, 30*time.Second, "setup rows on "+n, func() error {
 			if got := partCount(nc, nd, "via = 'setup'"); got != 100 {
 				return fmt.Errorf("%d rows", got)
 			}
@@ -128,7 +129,7 @@ func TestPartitionedPrimary(t *testing.T) {
 	// The majority elects a new primary.
 	var newP *Node
 	lastView := ""
-	waitFor(t, 60*time.Second, "a new primary other than "+old.Name, func() error {
+	testutil.WaitFor(t, 60*time.Second, "a new primary other than "+old.Name, func() error {
 		ci, err := nc.Info(old.Name)
 		if err != nil {
 			return err
@@ -148,7 +149,7 @@ func TestPartitionedPrimary(t *testing.T) {
 	})
 	electedAt := time.Now()
 	var newWriteAt time.Time
-	waitFor(t, 30*time.Second, "a write on the new primary "+newP.Name, func() error {
+	testutil.WaitFor(t, 30*time.Second, "a write on the new primary "+newP.Name, func() error {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
 		conn, err := pgx.Connect(cctx, nc.DSN(newP))
@@ -165,7 +166,7 @@ func TestPartitionedPrimary(t *testing.T) {
 
 	// The isolated primary must have stopped accepting writes.
 	var firstRefused *partProbe
-	waitFor(t, 15*time.Second, "the isolated primary to refuse writes", func() error {
+	testutil.WaitFor(t, 15*time.Second, "the isolated primary to refuse writes", func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		for i := range probes {
@@ -268,7 +269,7 @@ func TestPartitionedPrimary(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, 30*time.Second, "the new primary's rows on the old primary", func() error {
+	testutil.WaitFor(t, 30*time.Second, "the new primary's rows on the old primary", func() error {
 		if got := partCount(nc, old, "via IN ('after', 'new-primary')"); got != 51 {
 			return fmt.Errorf("%d of 51 rows", got)
 		}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // proxyDSN is a libpq URL through a node's proxy port.
@@ -42,7 +44,7 @@ func TestProxy(t *testing.T) {
 	}
 	// Routes follow gossip: give every node's proxy a moment to see the
 	// replicas streaming.
-	waitFor(t, 30*time.Second, "every write port reaching the primary", func() error {
+	testutil.WaitFor(t, 30*time.Second, "every write port reaching the primary", func() error {
 		for _, nd := range c.Nodes {
 			conn, err := proxyConnect(ctx, nd.Write)
 			if err != nil {

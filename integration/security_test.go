@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/pgha/pgha/tlsconf"
 )
 
@@ -82,7 +83,7 @@ func replicationSSL(t *testing.T, nd *Node) map[string]string {
 // with its own certificate.
 func waitReplicationTLS(t *testing.T, nd *Node, replicas ...string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "replicas streaming over TLS from "+nd.Name, func() error {
+	testutil.WaitFor(t, 30*time.Second, "replicas streaming over TLS from "+nd.Name, func() error {
 		got := replicationSSL(t, nd)
 		for _, r := range replicas {
 			if !strings.HasPrefix(got[r], "ssl=true dn=") || !strings.Contains(got[r], "CN="+r) {
@@ -212,7 +213,7 @@ func TestSecurity(t *testing.T) {
 		secureNode(n4, otherDir, keyFile, clientFor(otherDir))
 		c.Start(n4)
 		defer c.Stop(n4)
-		waitFor(t, 30*time.Second, "n4 API up", func() error {
+		testutil.WaitFor(t, 30*time.Second, "n4 API up", func() error {
 			_, _, err := n4.Client().Health(context.Background())
 			return err
 		})
@@ -241,7 +242,7 @@ func TestSecurity(t *testing.T) {
 		secureNode(n5, tlsDir, wrongKeyFile, opts)
 		c.Start(n5)
 		defer c.Stop(n5)
-		waitFor(t, 30*time.Second, "n5 API up", func() error {
+		testutil.WaitFor(t, 30*time.Second, "n5 API up", func() error {
 			_, _, err := n5.Client().Health(context.Background())
 			return err
 		})
@@ -266,7 +267,7 @@ func TestSecurity(t *testing.T) {
 	t.Run("no secret in logs or API", func(t *testing.T) {
 		hc := &http.Client{Transport: opts.Transport, Timeout: 10 * time.Second}
 		for _, nd := range c.Nodes {
-			if nd.cmd == nil {
+			if nd.proc == nil {
 				continue
 			}
 			for _, path := range []string{"/cluster", "/config", "/history"} {
@@ -328,7 +329,7 @@ func checkNoSecret(t *testing.T, where, text string, secrets map[string]string) 
 // waitLog waits until nd's agent log contains s.
 func waitLog(t *testing.T, nd *Node, s string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, fmt.Sprintf("%q in %s's log", s, nd.Name), func() error {
+	testutil.WaitFor(t, 30*time.Second, fmt.Sprintf("%q in %s's log", s, nd.Name), func() error {
 		data, err := os.ReadFile(nd.LogPath)
 		if err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // TestSynchronousModeAndDynamicConfig turns synchronous mode on through
@@ -40,7 +41,7 @@ func TestSynchronousModeAndDynamicConfig(t *testing.T) {
 		}
 		for _, nd := range c.Nodes {
 			conn := connect(t, nd)
-			waitFor(t, 20*time.Second, "work_mem 16MB on "+nd.Name, func() error {
+			testutil.WaitFor(t, 20*time.Second, "work_mem 16MB on "+nd.Name, func() error {
 				var v string
 				if err := conn.QueryRow(ctx, "SHOW work_mem").Scan(&v); err != nil {
 					return err
@@ -51,7 +52,7 @@ func TestSynchronousModeAndDynamicConfig(t *testing.T) {
 				return nil
 			})
 		}
-		waitFor(t, 20*time.Second, "pending restart shown for every member", func() error {
+		testutil.WaitFor(t, 20*time.Second, "pending restart shown for every member", func() error {
 			ci, err := c.Info()
 			if err != nil {
 				return err
@@ -91,7 +92,7 @@ func TestSynchronousModeAndDynamicConfig(t *testing.T) {
 		if out, stderr, code := cli(t, "edit-config", "--api", apiAddr, "--set", "synchronous_mode=true"); code != 0 {
 			t.Fatalf("edit-config: %d %s %s", code, out, stderr)
 		}
-		waitFor(t, 30*time.Second, "a sync standby in pgha list", func() error {
+		testutil.WaitFor(t, 30*time.Second, "a sync standby in pgha list", func() error {
 			ci, err := c.Info()
 			if err != nil {
 				return err

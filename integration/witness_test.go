@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // TestWitness: two database nodes plus a witness (a Raft voter without
@@ -51,7 +53,7 @@ func TestWitness(t *testing.T) {
 		}
 	}
 	oc := connect(t, other)
-	waitFor(t, 30*time.Second, "the table on "+other.Name, func() error {
+	testutil.WaitFor(t, 30*time.Second, "the table on "+other.Name, func() error {
 		_, err := oc.Exec(context.Background(), "SELECT 1 FROM fo")
 		return err
 	})
@@ -63,7 +65,7 @@ func TestWitness(t *testing.T) {
 	if newP.Name == "n3" {
 		t.Fatal("the witness became primary")
 	}
-	waitFor(t, 30*time.Second, "a write on the new primary", func() error { return insert(context.Background(), newP, 1) })
+	testutil.WaitFor(t, 30*time.Second, "a write on the new primary", func() error { return insert(context.Background(), newP, 1) })
 	out, _, _ := cli(t, "list", "--api", "127.0.0.1:"+itoa(w.API))
 	if !strings.Contains(out, "Witness") {
 		t.Errorf("pgha list does not show the witness:\n%s", out)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/pgha/pgha/membership"
 	"go.uber.org/goleak"
 )
@@ -15,8 +16,8 @@ import (
 // startKeyed runs a gossip node with the given key (nil: none).
 func startKeyed(tb testing.TB, name string, key []byte) *node {
 	tb.Helper()
-	lb := &logBuf{}
-	addr := addrOf(freePort(tb))
+	lb := &testutil.LogBuffer{}
+	addr := addrOf(testutil.FreePort(tb))
 	g, err := membership.New(membership.Options{
 		Name:     name,
 		Cluster:  "test",
@@ -44,8 +45,8 @@ func TestGossipKey_SameKeyJoins(t *testing.T) {
 	if n, err := b.Join([]string{a.addr}); err != nil || n != 1 {
 		t.Fatalf("join with the same key: %d, %v", n, err)
 	}
-	waitFor(t, "a to see a, b", sees(a, "a", "b"))
-	waitFor(t, "b to see a, b", sees(b, "a", "b"))
+	testutil.WaitFor(t, gossipWait, "a to see a, b", sees(a, "a", "b"))
+	testutil.WaitFor(t, gossipWait, "b to see a, b", sees(b, "a", "b"))
 	a.stop(t)
 	b.stop(t)
 	verifyNoLeaks(t, ignore)
@@ -82,18 +83,12 @@ func TestGossipKey_Mismatch(t *testing.T) {
 				t.Errorf("join error %q: want \"gossip join via %s failed: ... (is gossip.key the same on every node?)\"", msg, a.addr)
 			}
 			if c.acceptor != "" {
-				waitFor(t, "a to log the refusal", func() (bool, string) {
-					s := a.log.String()
-					return strings.Contains(s, c.acceptor) && strings.Contains(s, "level=WARN"), s
-				})
+				testutil.WaitFor(t, gossipWait, "a to log the refusal", logHas(a, c.acceptor, "level=WARN"))
 			}
 			// The background join loop says it too, at warn level,
 			// once (it retries every few hundred milliseconds).
 			b.RetryJoin([]string{a.addr})
-			waitFor(t, "b to log the failed join", func() (bool, string) {
-				s := b.log.String()
-				return strings.Contains(s, "gossip join failed") && strings.Contains(s, "level=WARN"), s
-			})
+			testutil.WaitFor(t, gossipWait, "b to log the failed join", logHas(b, "gossip join failed", "level=WARN"))
 			time.Sleep(time.Second)
 			if k := strings.Count(b.log.String(), "gossip join failed"); k != 1 {
 				t.Errorf("failed join logged %d times in a second, want once:\n%s", k, b.log.String())
@@ -111,7 +106,7 @@ func TestGossipKey_Mismatch(t *testing.T) {
 }
 
 func TestGossipKey_BadLength(t *testing.T) {
-	_, err := membership.New(membership.Options{Name: "a", Cluster: "test", BindAddr: addrOf(freePort(t)), Key: []byte("short")},
+	_, err := membership.New(membership.Options{Name: "a", Cluster: "test", BindAddr: addrOf(testutil.FreePort(t)), Key: []byte("short")},
 		membership.Meta{Cluster: "test"})
 	if err == nil {
 		t.Fatal("a 5-byte key was accepted")

@@ -1,8 +1,8 @@
 package membership_test
 
 import (
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/pgha/pgha/membership"
 	"go.uber.org/goleak"
 )
@@ -245,61 +246,20 @@ func FuzzDecodeMeta(f *testing.F) {
 
 // --- gossip on loopback ---
 
-// freePort returns a port that was free for both TCP and UDP on
-// 127.0.0.1 a moment ago; memberlist binds the same number on both.
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatalf("listen: %v", err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err != nil {
-			continue // UDP side taken: try another number
-		}
-		u.Close()
-		return port
-	}
-	tb.Fatal("no port free for both TCP and UDP")
-	return 0
-}
-
 func addrOf(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
-
-// logBuf collects a node's slog output, written by its join loop while
-// the test reads it.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 type node struct {
 	*membership.Gossip
 	name string
 	addr string
-	log  *logBuf
+	log  *testutil.LogBuffer // its slog output, written by its join loop while the test reads it
 }
 
 // startNode runs a gossip node on the given port. Its slog output (debug
 // included) is kept so a test can see the join loop retrying.
 func startNode(tb testing.TB, name, cluster string, port int) *node {
 	tb.Helper()
-	lb := &logBuf{}
+	lb := &testutil.LogBuffer{}
 	addr := addrOf(port)
 	g, err := membership.New(membership.Options{
 		Name:     name,
@@ -345,28 +305,28 @@ func (n *node) members() []membership.Member {
 	return ms
 }
 
-// waitFor polls cond until it holds or a generous deadline passes; gossip
-// timing depends on the machine, so no test relies on a fixed sleep.
-func waitFor(tb testing.TB, what string, cond func() (bool, string)) {
-	tb.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	last := ""
-	for time.Now().Before(deadline) {
-		ok, state := cond()
-		if ok {
-			return
+// logHas is a wait condition: n's log holds every one of subs.
+func logHas(n *node, subs ...string) func() error {
+	return func() error {
+		s := n.log.String()
+		for _, sub := range subs {
+			if !strings.Contains(s, sub) {
+				return fmt.Errorf("no %q in %s's log so far:\n%s", sub, n.name, s)
+			}
 		}
-		last = state
-		time.Sleep(20 * time.Millisecond)
+		return nil
 	}
-	tb.Fatalf("timed out waiting for %s; last state: %s", what, last)
 }
+
+// gossipWait bounds every wait for gossip: its timing depends on the
+// machine, so no test relies on a fixed sleep, and the bound is generous.
+const gossipWait = 15 * time.Second
 
 // sees reports whether n lists exactly the named members (sorted), each
 // with decodable metadata. Alive is not required: on a loaded machine a
 // peer may briefly be suspect, which still makes it a member.
-func sees(n *node, names ...string) func() (bool, string) {
-	return func() (bool, string) {
+func sees(n *node, names ...string) func() error {
+	return func() error {
 		ms := n.members()
 		var got []string
 		ok := len(ms) == len(names)
@@ -376,7 +336,10 @@ func sees(n *node, names ...string) func() (bool, string) {
 				ok = false
 			}
 		}
-		return ok, n.name + " sees [" + strings.Join(got, ", ") + "]"
+		if !ok {
+			return errors.New(n.name + " sees [" + strings.Join(got, ", ") + "]")
+		}
+		return nil
 	}
 }
 
@@ -417,20 +380,20 @@ func verifyNoLeaks(t *testing.T, ignore goleak.Option) {
 
 func TestGossip_JoinMetaEventsLeave(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
-	a := startNode(t, "a", "test", freePort(t))
+	a := startNode(t, "a", "test", testutil.FreePort(t))
 	defer a.stop(t)
-	b := startNode(t, "b", "test", freePort(t))
+	b := startNode(t, "b", "test", testutil.FreePort(t))
 	defer b.stop(t)
 
 	// A node alone lists itself, with its own metadata.
-	waitFor(t, "a to see itself", sees(a, "a"))
+	testutil.WaitFor(t, gossipWait, "a to see itself", sees(a, "a"))
 
 	n, err := b.Join([]string{a.addr})
 	if err != nil || n != 1 {
 		t.Fatalf("b.Join(%s) = %d, %v; want 1, nil", a.addr, n, err)
 	}
-	waitFor(t, "a to see a, b", sees(a, "a", "b"))
-	waitFor(t, "b to see a, b", sees(b, "a", "b"))
+	testutil.WaitFor(t, gossipWait, "a to see a, b", sees(a, "a", "b"))
+	testutil.WaitFor(t, gossipWait, "b to see a, b", sees(b, "a", "b"))
 	if m, _ := memberOf(b, "a"); m.Addr != a.addr || m.Meta.API != "api-of-a" || m.Meta.Cluster != "test" {
 		t.Fatalf("b's view of a = %+v, want addr %s and a's initial metadata", m, a.addr)
 	}
@@ -450,9 +413,11 @@ func TestGossip_JoinMetaEventsLeave(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("no event on b after a changed its metadata")
 	}
-	waitFor(t, "b to see a's new metadata", func() (bool, string) {
-		m, _ := memberOf(b, "a")
-		return m.MetaOK && m.Meta == newMeta, fmt.Sprintf("%+v", m.Meta)
+	testutil.WaitFor(t, gossipWait, "b to see a's new metadata", func() error {
+		if m, _ := memberOf(b, "a"); !m.MetaOK || m.Meta != newMeta {
+			return fmt.Errorf("a's metadata on b: %+v", m.Meta)
+		}
+		return nil
 	})
 
 	// Setting the same metadata again is a no-op and must not fail.
@@ -468,7 +433,7 @@ func TestGossip_JoinMetaEventsLeave(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("no event on b after a left")
 	}
-	waitFor(t, "b to see only itself after a left", sees(b, "b"))
+	testutil.WaitFor(t, gossipWait, "b to see only itself after a left", sees(b, "b"))
 
 	b.stop(t)
 	verifyNoLeaks(t, ignore)
@@ -478,14 +443,14 @@ func TestGossip_JoinMetaEventsLeave(t *testing.T) {
 // reads it every HA loop while gossip updates arrive. Run with -race.
 func TestGossip_MembersDuringMetaUpdates(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
-	a := startNode(t, "a", "test", freePort(t))
+	a := startNode(t, "a", "test", testutil.FreePort(t))
 	defer a.stop(t)
-	b := startNode(t, "b", "test", freePort(t))
+	b := startNode(t, "b", "test", testutil.FreePort(t))
 	defer b.stop(t)
 	if _, err := b.Join([]string{a.addr}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b to see a, b", sees(b, "a", "b"))
+	testutil.WaitFor(t, gossipWait, "b to see a, b", sees(b, "a", "b"))
 
 	// b reads its view in a tight loop (plain Members, no ordering
 	// call) while a publishes new statuses.
@@ -526,7 +491,7 @@ func TestGossip_MembersDuringMetaUpdates(t *testing.T) {
 // the new one went out.
 func TestGossip_SetMetaTooLarge(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
-	a := startNode(t, "a", "test", freePort(t))
+	a := startNode(t, "a", "test", testutil.FreePort(t))
 	defer a.stop(t)
 	before := a.LocalMeta()
 	err := a.SetMeta(membership.Meta{Cluster: "test", PG: strings.Repeat("h", 600)})
@@ -542,7 +507,7 @@ func TestGossip_SetMetaTooLarge(t *testing.T) {
 
 func TestGossip_RetryJoinBeforeTargetExists(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
-	pa, pb, pc := freePort(t), freePort(t), freePort(t)
+	pa, pb, pc := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	addrA, addrB, addrC := addrOf(pa), addrOf(pb), addrOf(pc)
 
 	// b starts first, pointed at a, which does not exist yet.
@@ -552,14 +517,12 @@ func TestGossip_RetryJoinBeforeTargetExists(t *testing.T) {
 
 	// Wait until b has failed at least once, so a's appearance is picked
 	// up by a retry, not by the first attempt.
-	waitFor(t, "b to retry", func() (bool, string) {
-		return strings.Contains(b.log.String(), "gossip join retry"), b.log.String()
-	})
+	testutil.WaitFor(t, gossipWait, "b to retry", logHas(b, "gossip join retry"))
 
 	a := startNode(t, "a", "test", pa)
 	defer a.stop(t)
-	waitFor(t, "a to see a, b", sees(a, "a", "b"))
-	waitFor(t, "b to see a, b", sees(b, "a", "b"))
+	testutil.WaitFor(t, gossipWait, "a to see a, b", sees(a, "a", "b"))
+	testutil.WaitFor(t, gossipWait, "b to see a, b", sees(b, "a", "b"))
 
 	// c gets the whole list, itself included, as a join list shared by
 	// every node's configuration would be.
@@ -567,7 +530,7 @@ func TestGossip_RetryJoinBeforeTargetExists(t *testing.T) {
 	defer c.stop(t)
 	c.RetryJoin([]string{addrA, addrB, addrC})
 	for _, n := range []*node{a, b, c} {
-		waitFor(t, n.name+" to see a, b, c", sees(n, "a", "b", "c"))
+		testutil.WaitFor(t, gossipWait, n.name+" to see a, b, c", sees(n, "a", "b", "c"))
 	}
 
 	// Everyone's metadata reached everyone.
@@ -582,8 +545,8 @@ func TestGossip_RetryJoinBeforeTargetExists(t *testing.T) {
 	// c leaves: the other two drop it, and c's join loop, stopped by
 	// Close, does not bring it back.
 	c.stop(t)
-	waitFor(t, "a to see a, b", sees(a, "a", "b"))
-	waitFor(t, "b to see a, b", sees(b, "a", "b"))
+	testutil.WaitFor(t, gossipWait, "a to see a, b", sees(a, "a", "b"))
+	testutil.WaitFor(t, gossipWait, "b to see a, b", sees(b, "a", "b"))
 
 	a.stop(t)
 	b.stop(t)
@@ -592,9 +555,9 @@ func TestGossip_RetryJoinBeforeTargetExists(t *testing.T) {
 
 func TestGossip_OtherClusterIsNotSeen(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
-	a := startNode(t, "a", "one", freePort(t))
+	a := startNode(t, "a", "one", testutil.FreePort(t))
 	defer a.stop(t)
-	x := startNode(t, "x", "two", freePort(t))
+	x := startNode(t, "x", "two", testutil.FreePort(t))
 	defer x.stop(t)
 
 	if n, err := x.Join([]string{a.addr}); err == nil || n != 0 {
@@ -604,11 +567,11 @@ func TestGossip_OtherClusterIsNotSeen(t *testing.T) {
 	// a while instead and fail at the first sighting.
 	deadline := time.Now().Add(time.Second)
 	for time.Now().Before(deadline) {
-		if ok, state := sees(a, "a")(); !ok {
-			t.Fatalf("cluster one: %s", state)
+		if err := sees(a, "a")(); err != nil {
+			t.Fatalf("cluster one: %v", err)
 		}
-		if ok, state := sees(x, "x")(); !ok {
-			t.Fatalf("cluster two: %s", state)
+		if err := sees(x, "x")(); err != nil {
+			t.Fatalf("cluster two: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -620,7 +583,7 @@ func TestGossip_OtherClusterIsNotSeen(t *testing.T) {
 
 func TestGossip_JoinErrors(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
-	a := startNode(t, "a", "test", freePort(t))
+	a := startNode(t, "a", "test", testutil.FreePort(t))
 	defer a.stop(t)
 
 	// Nothing to join is not an error: a first node has no peers.
@@ -628,7 +591,7 @@ func TestGossip_JoinErrors(t *testing.T) {
 		t.Errorf("Join(nil) = %d, %v; want 0, nil", n, err)
 	}
 	// Nobody listens there: the error names the address.
-	dead := addrOf(freePort(t))
+	dead := addrOf(testutil.FreePort(t))
 	n, err := a.Join([]string{dead})
 	if err == nil || n != 0 {
 		t.Fatalf("Join(%s) = %d, %v; want 0 and an error", dead, n, err)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/pgha/pgha/pgnode"
 )
 
@@ -37,7 +38,7 @@ func fakeDataDir(t *testing.T, dir string) {
 // over both; bad cluster-wide parameters are left out and named.
 func TestWriteConfigDesired(t *testing.T) {
 	base := tempDir(t)
-	cfg := nodeConfig(t, base, "n1", freePort(t)) // shared_buffers=32MB, max_connections=20
+	cfg := nodeConfig(t, base, "n1", testutil.FreePort(t)) // shared_buffers=32MB, max_connections=20
 	fakeDataDir(t, cfg.DataDir)
 	n := mustNew(t, cfg)
 	defer n.Close()
@@ -131,7 +132,7 @@ func TestWriteConfigDesired(t *testing.T) {
 // before the data directory is touched.
 func TestBootstrapNeedsPrimary(t *testing.T) {
 	base := tempDir(t)
-	cfg := nodeConfig(t, base, "n1", freePort(t))
+	cfg := nodeConfig(t, base, "n1", testutil.FreePort(t))
 	n := mustNew(t, cfg)
 	defer n.Close()
 	_, err := n.Bootstrap(context.Background(), pgnode.Desired{Role: pgnode.RoleReplica})

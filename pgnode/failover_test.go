@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/pgha/pgha/pgnode"
 )
 
@@ -28,10 +30,10 @@ func TestPromoteRewind(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	acfg := nodeConfig(t, base, "a", freePort(t))
+	acfg := nodeConfig(t, base, "a", testutil.FreePort(t))
 	a := mustNew(t, acfg)
 	defer a.Close()
-	bcfg := nodeConfig(t, base, "b", freePort(t))
+	bcfg := nodeConfig(t, base, "b", testutil.FreePort(t))
 	b := mustNew(t, bcfg)
 	defer b.Close()
 	upA := pgnode.Upstream{Host: "127.0.0.1", Port: acfg.Port}
@@ -132,9 +134,12 @@ func TestPromoteRewind(t *testing.T) {
 	if err := a.Start(ctx); err != nil {
 		t.Fatalf("Start after Rewind: %v", err)
 	}
-	waitFor(t, 30*time.Second, "A streaming from B on timeline 2", func() (bool, error) {
+	testutil.WaitFor(t, 30*time.Second, "A streaming from B on timeline 2", func() error {
 		st, err := a.Status(ctx)
-		return err == nil && st.InRecovery && st.Streaming && st.Timeline == 2, err
+		if err == nil && !(st.InRecovery && st.Streaming && st.Timeline == 2) {
+			err = fmt.Errorf("in recovery %v, streaming %v, timeline %d", st.InRecovery, st.Streaming, st.Timeline)
+		}
+		return err
 	})
 	waitRows(t, ctx, a, "before", "on b")
 
@@ -166,7 +171,7 @@ func TestPromoteRewind(t *testing.T) {
 	}
 
 	// --- nothing to rewind: the moved directory already follows B ---
-	ccfg := nodeConfig(t, base, "c", freePort(t))
+	ccfg := nodeConfig(t, base, "c", testutil.FreePort(t))
 	ccfg.DataDir = dst
 	var logs bytes.Buffer
 	ccfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), nil))
@@ -200,15 +205,15 @@ func execSQL(t *testing.T, ctx context.Context, n *pgnode.Node, sql string) {
 func waitRows(t *testing.T, ctx context.Context, n *pgnode.Node, want ...string) {
 	t.Helper()
 	var got []string
-	waitFor(t, 30*time.Second, "rows "+strings.Join(want, ", "), func() (bool, error) {
+	testutil.WaitFor(t, 30*time.Second, "rows "+strings.Join(want, ", "), func() error {
 		c, err := n.Connect(ctx)
 		if err != nil {
-			return false, err
+			return err
 		}
 		defer c.Close(ctx)
 		rows, err := c.Query(ctx, "SELECT v FROM t ORDER BY v")
 		if err != nil {
-			return false, err
+			return err
 		}
 		got = got[:0]
 		for rows.Next() {
@@ -217,12 +222,12 @@ func waitRows(t *testing.T, ctx context.Context, n *pgnode.Node, want ...string)
 			got = append(got, v)
 		}
 		if err := rows.Err(); err != nil {
-			return false, err
+			return err
 		}
 		if !slices.Equal(got, want) {
-			return false, errors.New("rows are " + strings.Join(got, ", "))
+			return errors.New("rows are " + strings.Join(got, ", "))
 		}
-		return true, nil
+		return nil
 	})
 }
 

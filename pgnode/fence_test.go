@@ -2,10 +2,12 @@ package pgnode_test
 
 import (
 	"context"
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/pgha/pgha/pgnode"
 )
 
@@ -18,7 +20,7 @@ func TestFenceStopsBackendsOfAFrozenPostmaster(t *testing.T) {
 	base := tempDir(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	n := mustNew(t, nodeConfig(t, base, "n1", freePort(t)))
+	n := mustNew(t, nodeConfig(t, base, "n1", testutil.FreePort(t)))
 	defer n.Close()
 	if _, err := n.Bootstrap(ctx, pgnode.Desired{Role: pgnode.RolePrimary}); err != nil {
 		t.Fatalf("Bootstrap: %v", err)
@@ -47,13 +49,9 @@ func TestFenceStopsBackendsOfAFrozenPostmaster(t *testing.T) {
 	if err := n.Fence(150 * time.Millisecond); err != nil {
 		t.Fatalf("Fence: %v", err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for syscall.Kill(backend, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("backend %d still alive after the fence", backend)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.WaitUntil(t, 3*time.Second, fmt.Sprintf("backend %d to be gone after the fence", backend), func() bool {
+		return syscall.Kill(backend, 0) != nil
+	})
 	conn.Close(context.Background())
 	if n.Running() {
 		t.Error("postmaster still running after the fence")

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -111,49 +109,6 @@ func tempDir(t testing.TB) string {
 	return d
 }
 
-// Ports come from below the kernel's ephemeral range (32768+), so no
-// outgoing connection can take one between the pick and PostgreSQL's
-// bind; a counter avoids handing one out twice.
-var nextPort atomic.Int64
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	nextPort.CompareAndSwap(0, int64(10000+os.Getpid()%4000))
-	for i := 0; i < 2000; i++ {
-		p := int(nextPort.Add(1))
-		if p >= 19000 {
-			nextPort.Store(10000)
-			continue
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		return p
-	}
-	t.Fatal("no free port in 10000-19000")
-	return 0
-}
-
 func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-// waitFor polls cond every 100 ms until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var lastErr error
-	for {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		lastErr = err
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s (last error: %v)", timeout, what, lastErr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/pgha/pgha/pgnode"
 )
 
@@ -107,7 +108,7 @@ func TestNewErrors(t *testing.T) {
 
 func TestRefuseNonEmpty(t *testing.T) {
 	base := tempDir(t)
-	cfg := nodeConfig(t, base, "n1", freePort(t))
+	cfg := nodeConfig(t, base, "n1", testutil.FreePort(t))
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +146,7 @@ func TestRefuseNonEmpty(t *testing.T) {
 // and leaves the data dir as it found it (absent), ready for a retry.
 func TestBootstrapFailureCleansUp(t *testing.T) {
 	base := tempDir(t)
-	cfg := nodeConfig(t, base, "n1", freePort(t))
+	cfg := nodeConfig(t, base, "n1", testutil.FreePort(t))
 	cfg.Parameters["shared_buffers"] = "plenty"
 	n := mustNew(t, cfg)
 	defer n.Close()
@@ -166,10 +167,10 @@ func TestBootstrapFailureCleansUp(t *testing.T) {
 // data dir it created.
 func TestCloneFailureCleansUp(t *testing.T) {
 	base := tempDir(t)
-	cfg := nodeConfig(t, base, "n1", freePort(t))
+	cfg := nodeConfig(t, base, "n1", testutil.FreePort(t))
 	n := mustNew(t, cfg)
 	defer n.Close()
-	err := n.Clone(context.Background(), pgnode.Upstream{Host: "127.0.0.1", Port: freePort(t)}, nil)
+	err := n.Clone(context.Background(), pgnode.Upstream{Host: "127.0.0.1", Port: testutil.FreePort(t)}, nil)
 	if err == nil || !strings.Contains(err.Error(), "pg_basebackup") || !strings.Contains(err.Error(), "onnection refused") {
 		t.Fatalf("Clone from a closed port = %v, want pg_basebackup's connection error", err)
 	}
@@ -185,10 +186,10 @@ func TestCluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	pcfg := nodeConfig(t, base, "n1", freePort(t))
+	pcfg := nodeConfig(t, base, "n1", testutil.FreePort(t))
 	p := mustNew(t, pcfg)
 	defer p.Close()
-	rcfg := nodeConfig(t, base, "n2", freePort(t))
+	rcfg := nodeConfig(t, base, "n2", testutil.FreePort(t))
 	r := mustNew(t, rcfg)
 	defer r.Close()
 
@@ -298,17 +299,23 @@ func TestCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "row on replica", func() (bool, error) {
+	testutil.WaitFor(t, 30*time.Second, "row on replica", func() error {
 		var v string
 		err := rc.QueryRow(ctx, "SELECT v FROM t").Scan(&v)
-		return err == nil && v == "hello", err
+		if err == nil && v != "hello" {
+			err = fmt.Errorf("row is %q", v)
+		}
+		return err
 	})
 	rc.Close(ctx)
 
-	waitFor(t, 30*time.Second, "one streaming replica on the primary", func() (bool, error) {
+	testutil.WaitFor(t, 30*time.Second, "one streaming replica on the primary", func() error {
 		st, err := p.Status(ctx)
-		return err == nil && len(st.Replicas) == 1 && st.Replicas[0].State == "streaming" &&
-			st.Replicas[0].ApplicationName == "n2" && st.Replicas[0].ReplayLSN > 0, err
+		if err == nil && !(len(st.Replicas) == 1 && st.Replicas[0].State == "streaming" &&
+			st.Replicas[0].ApplicationName == "n2" && st.Replicas[0].ReplayLSN > 0) {
+			err = fmt.Errorf("replicas %+v", st.Replicas)
+		}
+		return err
 	})
 	// An active pgha_ slot that is no longer wanted is kept until it is idle.
 	if created, dropped, err := p.EnsureSlots(ctx, nil); err != nil || len(created)+len(dropped) != 0 {
@@ -366,8 +373,8 @@ func TestCluster(t *testing.T) {
 	start = time.Now()
 	helper.Process.Kill() // SIGKILL: no chance to clean up
 	helper.Wait()
-	waitFor(t, 30*time.Second, "postmaster to die with its agent", func() (bool, error) {
-		return !alive(pmPID), nil
+	testutil.WaitUntil(t, 30*time.Second, "postmaster to die with its agent", func() bool {
+		return !alive(pmPID)
 	})
 	t.Logf("postmaster gone %s after its agent was killed", time.Since(start).Round(time.Millisecond))
 
@@ -442,9 +449,12 @@ func slotNames(t *testing.T, ctx context.Context, n *pgnode.Node) []string {
 
 func waitStreaming(t *testing.T, ctx context.Context, r *pgnode.Node) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "replica streaming", func() (bool, error) {
+	testutil.WaitFor(t, 30*time.Second, "replica streaming", func() error {
 		st, err := r.Status(ctx)
-		return err == nil && st.Running && st.InRecovery && st.Streaming, err
+		if err == nil && !(st.Running && st.InRecovery && st.Streaming) {
+			err = fmt.Errorf("running %v, in recovery %v, streaming %v", st.Running, st.InRecovery, st.Streaming)
+		}
+		return err
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/tlsconf"
 )
@@ -23,11 +24,11 @@ func tlsFiles(g *tlsconf.Generated, node string) pgnode.TLSFiles {
 // from rg (the same or another CA), closed at the end of the test.
 func tlsNodes(t *testing.T, base string, pg, rg *tlsconf.Generated) (p, r *pgnode.Node, pcfg, rcfg pgnode.Config) {
 	t.Helper()
-	pcfg = nodeConfig(t, base, "n1", freePort(t))
+	pcfg = nodeConfig(t, base, "n1", testutil.FreePort(t))
 	pcfg.TLS = tlsFiles(pg, "n1")
 	p = mustNew(t, pcfg)
 	t.Cleanup(func() { p.Close() })
-	rcfg = nodeConfig(t, base, "n2", freePort(t))
+	rcfg = nodeConfig(t, base, "n2", testutil.FreePort(t))
 	rcfg.TLS = tlsFiles(rg, "n2")
 	r = mustNew(t, rcfg)
 	t.Cleanup(func() { r.Close() })

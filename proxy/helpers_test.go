@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +16,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/pgha/pgha/proxy"
 )
 
@@ -27,37 +27,13 @@ func checkLeaks(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
 }
 
-// logBuf is a goroutine-safe log sink the tests can inspect.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startProxy builds a proxy on two free loopback ports, runs Serve and
 // closes it at the end of the test (before the leak check).
 // goroutineCopy asks startProxy for the goroutine copy (Loops 0), since a
 // zero Loops there means the configuration's default of one event loop.
 const goroutineCopy = -1
 
-func startProxy(t *testing.T, cfg proxy.Config) (*proxy.Proxy, *logBuf) {
+func startProxy(t *testing.T, cfg proxy.Config) (*proxy.Proxy, *testutil.LogBuffer) {
 	t.Helper()
 	if cfg.WriteAddr == "" {
 		cfg.WriteAddr = "127.0.0.1:0"
@@ -71,7 +47,7 @@ func startProxy(t *testing.T, cfg proxy.Config) (*proxy.Proxy, *logBuf) {
 	case goroutineCopy:
 		cfg.Loops = 0
 	}
-	logs := &logBuf{}
+	logs := &testutil.LogBuffer{}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -330,16 +306,4 @@ func readError(c net.Conn) (code, msg string, err error) {
 		}
 	}
 	return code, msg, nil
-}
-
-// eventually polls cond every 20 ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -1,39 +1,20 @@
 package raftfsm_test
 
 import (
-	"bytes"
 	"crypto/tls"
 	"io"
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/pgha/pgha/internal/testutil"
 	"github.com/pgha/pgha/raftfsm"
 	"github.com/pgha/pgha/tlsconf"
 )
-
-// syncBuffer is a log sink several goroutines write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // certs generates a CA with the given nodes and returns their bundles.
 func certs(t *testing.T, nodes ...string) map[string]*tlsconf.Bundle {
@@ -58,27 +39,16 @@ func certs(t *testing.T, nodes ...string) map[string]*tlsconf.Bundle {
 	return out
 }
 
-// freeAddr returns a loopback address nobody listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 type testNode struct {
 	*raftfsm.Node
-	log *syncBuffer
+	log *testutil.LogBuffer
 }
 
 func openTLS(t *testing.T, id string, server, client *tls.Config) testNode {
 	t.Helper()
-	log := &syncBuffer{}
+	log := &testutil.LogBuffer{}
 	n, err := raftfsm.Open(raftfsm.Options{
-		ID: id, Dir: filepath.Join(t.TempDir(), id), BindAddr: freeAddr(t),
+		ID: id, Dir: filepath.Join(t.TempDir(), id), BindAddr: testutil.FreeAddr(t),
 		HeartbeatTimeout: time.Second, ElectionTimeout: time.Second, LeaderLeaseTimeout: 500 * time.Millisecond,
 		LogOutput: log, TLSServer: server, TLSClient: client,
 	})
@@ -89,16 +59,9 @@ func openTLS(t *testing.T, id string, server, client *tls.Config) testNode {
 	return testNode{n, log}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// raftWait bounds every wait for Raft (elections, replication) on a
+// possibly busy machine.
+const raftWait = 15 * time.Second
 
 // leaderOf bootstraps n alone and waits until it leads.
 func leaderOf(t *testing.T, n testNode) {
@@ -106,7 +69,7 @@ func leaderOf(t *testing.T, n testNode) {
 	if err := n.Bootstrap([]raft.Server{{ID: raft.ServerID(n.ID()), Address: raft.ServerAddress(n.Addr())}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, n.ID()+" to lead", n.IsLeader)
+	testutil.WaitUntil(t, raftWait, n.ID()+" to lead", n.IsLeader)
 }
 
 func TestTLSClusterForms(t *testing.T) {
@@ -123,7 +86,7 @@ func TestTLSClusterForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	var leader testNode
-	waitFor(t, "a leader", func() bool {
+	testutil.WaitUntil(t, raftWait, "a leader", func() bool {
 		for _, n := range nodes {
 			if n.IsLeader() {
 				leader = n
@@ -137,7 +100,7 @@ func TestTLSClusterForms(t *testing.T) {
 	}
 	idx := leader.FSM().AppliedIndex()
 	for _, n := range nodes {
-		waitFor(t, n.ID()+" to apply", func() bool { return n.FSM().AppliedIndex() >= idx })
+		testutil.WaitUntil(t, raftWait, n.ID()+" to apply", func() bool { return n.FSM().AppliedIndex() >= idx })
 	}
 	for _, n := range nodes {
 		if s := n.log.String(); strings.Contains(s, "refused connection") {
@@ -154,7 +117,7 @@ func TestTLSJoinAsNonvoter(t *testing.T) {
 	if err := n1.AddNonvoter("n2", n2.Addr(), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "n2 to see the leader", func() bool { id, _ := n2.Leader(); return id == "n1" })
+	testutil.WaitUntil(t, raftWait, "n2 to see the leader", func() bool { id, _ := n2.Leader(); return id == "n1" })
 }
 
 func TestTLSOtherCACannotJoin(t *testing.T) {
@@ -175,7 +138,7 @@ func TestTLSOtherCACannotJoin(t *testing.T) {
 	// The other direction: n4 dials n1 (as it would to ask for votes).
 	// n1 refuses and says why.
 	dialRaft(t, other["n4"].PeerClient(), n1.Addr())
-	waitFor(t, "n1 to log the refusal", func() bool {
+	testutil.WaitUntil(t, raftWait, "n1 to log the refusal", func() bool {
 		return strings.Contains(n1.log.String(), "does not accept this node's certificate")
 	})
 	if s := n1.log.String(); !strings.Contains(s, "[WARN]") {
@@ -194,7 +157,7 @@ func TestTLSNoClientCertRefused(t *testing.T) {
 	for range 3 {
 		dialRaft(t, noCert, n1.Addr())
 	}
-	waitFor(t, "n1 to log the refusal", func() bool {
+	testutil.WaitUntil(t, raftWait, "n1 to log the refusal", func() bool {
 		return strings.Contains(n1.log.String(), "presented no client certificate")
 	})
 	time.Sleep(100 * time.Millisecond)
@@ -219,7 +182,7 @@ func TestPlainPeerRefusedByTLS(t *testing.T) {
 	c.Write([]byte("\x00plain raft rpc"))
 	io.Copy(io.Discard, c)
 	c.Close()
-	waitFor(t, "n1 to log the refusal", func() bool {
+	testutil.WaitUntil(t, raftWait, "n1 to log the refusal", func() bool {
 		return strings.Contains(n1.log.String(), "does not speak TLS")
 	})
 }

@@ -10,10 +10,8 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/internal/supervise"
 	"github.com/urfave/cli/v2"
 )
 
@@ -132,82 +131,41 @@ func runDemo(c *cli.Context) error {
 		return err
 	}
 
-	// Children get SIGTERM if this process dies. The parent-death signal
-	// is tied to the forking thread, so fork from a locked thread.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-
 	start := time.Now()
 	fmt.Printf("pgha demo: starting %d nodes in %s\n", n, dir)
-	// procs[i] is node i's agent; done is closed when it has exited, and
-	// its index is sent on exited. Only this goroutine (the locked
-	// thread) starts agents.
-	type demoProc struct {
-		cmd  *exec.Cmd
-		done chan struct{}
+	// procs[i] is node i's current agent. The supervisor reports each
+	// agent that exits on exited, and each delayed restart on restarted;
+	// at most n agents run, so n slots never hold a sender up.
+	procs := make([]*supervise.Process, n)
+	index := map[string]int{}
+	for i, nd := range nodes {
+		index[nd.Name] = i
 	}
-	procs := make([]*demoProc, n)
-	type exit struct {
-		i      int
-		status string // "exit status 1", "signal: killed"
-	}
-	exited := make(chan exit, n)
-	stopAll := func() {
-		for _, p := range procs {
-			if p != nil {
-				_ = p.cmd.Process.Signal(syscall.SIGTERM)
-			}
-		}
-		deadline := time.After(60 * time.Second)
-		for _, p := range procs {
-			if p == nil {
-				continue
-			}
-			select {
-			case <-p.done:
-			case <-deadline:
-				_ = p.cmd.Process.Kill()
-				<-p.done
-			}
+	exited := make(chan *supervise.Process, n)
+	restarted := make(chan supervise.Started, n)
+	sup := supervise.New(supervise.Options{Exited: exited, Started: restarted})
+	defer sup.Close()
+	spec := func(i int) supervise.Spec {
+		return supervise.Spec{
+			Name: nodes[i].Name, Argv: []string{exe, "run", "-c", nodes[i].ConfigPath}, LogPath: nodes[i].LogPath,
+			// The agents get SIGTERM if this process dies, and a Ctrl-C
+			// on the terminal reaches only the demo, which stops them.
+			DeathSignal: syscall.SIGTERM, OwnGroup: true,
 		}
 	}
-	startNode := func(i int) error {
-		nd := nodes[i]
-		logf, err := os.OpenFile(nd.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return err
-		}
-		defer logf.Close()
-		cmd := exec.Command(exe, "run", "-c", nd.ConfigPath)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			return fmt.Errorf("start %s: %w", nd.Name, err)
-		}
-		p := &demoProc{cmd: cmd, done: make(chan struct{})}
-		procs[i] = p
-		go func() {
-			status := "exited"
-			if err := cmd.Wait(); err != nil {
-				status = err.Error()
-			}
-			close(p.done)
-			exited <- exit{i, status}
-		}()
-		return nil
-	}
+	stopAll := func() { sup.StopAll(60 * time.Second) }
 	for i := range nodes {
-		if err := startNode(i); err != nil {
+		p, err := sup.Start(spec(i))
+		if err != nil {
 			stopAll()
 			return err
 		}
+		procs[i] = p
 	}
 	pids := func() map[string]int {
 		out := map[string]int{}
 		for i, p := range procs {
-			if p != nil {
-				out[nodes[i].Name] = p.cmd.Process.Pid
-			}
+			out[nodes[i].Name] = p.PID()
 		}
 		return out
 	}
@@ -230,8 +188,8 @@ func runDemo(c *cli.Context) error {
 		select {
 		case <-sigs:
 			o.signalled = true
-		case e := <-exited:
-			o.failed = nodes[e.i].Name
+		case p := <-exited:
+			o.failed = p.Name()
 		case <-ctx.Done():
 		}
 		cancel()
@@ -271,13 +229,6 @@ func runDemo(c *cli.Context) error {
 	}
 	// Agents that die after the cluster is ready are what a demo of
 	// failover is about: report, restart later, carry on.
-	restart := make(chan int, n)
-	var timers []*time.Timer
-	defer func() {
-		for _, t := range timers {
-			t.Stop()
-		}
-	}()
 	for {
 		select {
 		case <-sigs:
@@ -285,22 +236,24 @@ func runDemo(c *cli.Context) error {
 			stopAll()
 			fmt.Println("pgha demo: stopped; run it again to restart the same cluster")
 			return nil
-		case e := <-exited:
-			i := e.i
-			name := nodes[i].Name
-			fmt.Printf("\npgha demo: agent %s ended (%s); its log: %s\n", name, e.status, nodes[i].LogPath)
+		case p := <-exited:
+			i := index[p.Name()]
+			fmt.Printf("\npgha demo: agent %s ended (%s); its log: %s\n", p.Name(), p.Status(), nodes[i].LogPath)
 			fmt.Printf("pgha demo: the others carry on (watch: %s list --watch --api %s)\n", selfName(), cf.Nodes[(i+1)%n].API)
 			if restartAfter > 0 {
-				fmt.Printf("pgha demo: restarting %s in %s\n", name, restartAfter)
-				timers = append(timers, time.AfterFunc(restartAfter, func() { restart <- i }))
+				fmt.Printf("pgha demo: restarting %s in %s\n", p.Name(), restartAfter)
+				if err := sup.StartAfter(restartAfter, spec(i)); err != nil {
+					fmt.Printf("pgha demo: %v\n", err)
+				}
 			}
-		case i := <-restart:
-			if err := startNode(i); err != nil {
-				fmt.Printf("pgha demo: %v\n", err)
+		case r := <-restarted:
+			if r.Err != nil {
+				fmt.Printf("pgha demo: %v\n", r.Err)
 				continue
 			}
+			procs[index[r.Spec.Name]] = r.Proc
 			cf = writeClusterFile(dir, nodes, st, pids())
-			fmt.Printf("pgha demo: %s restarted (pid %d); it rejoins as a replica\n", nodes[i].Name, procs[i].cmd.Process.Pid)
+			fmt.Printf("pgha demo: %s restarted (pid %d); it rejoins as a replica\n", r.Spec.Name, r.Proc.PID())
 		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/config"
+	"github.com/pgha/pgha/internal/testutil"
 )
 
 // runCaptured runs the CLI as main would and returns its exit code and
@@ -67,18 +67,6 @@ func writeConfig(tb testing.TB, lines ...string) string {
 		tb.Fatal(err)
 	}
 	return path
-}
-
-// deadAPI is a loopback address with nothing listening (just released).
-func deadAPI(tb testing.TB) string {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
 
 func TestRun_ConfigErrors(t *testing.T) {
@@ -165,12 +153,12 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"list -o xml", []string{"list", "--api", deadAPI(t), "-o", "xml"}, `"xml"`},
-		{"join without ADDR", []string{"join", "--api", deadAPI(t)}, "ADDR"},
-		{"join with two ADDRs", []string{"join", "--api", deadAPI(t), "a:1", "b:2"}, "ADDR"},
-		{"list with an argument", []string{"list", "--api", deadAPI(t), "extra"}, "no arguments"},
+		{"list -o xml", []string{"list", "--api", testutil.FreeAddr(t), "-o", "xml"}, `"xml"`},
+		{"join without ADDR", []string{"join", "--api", testutil.FreeAddr(t)}, "ADDR"},
+		{"join with two ADDRs", []string{"join", "--api", testutil.FreeAddr(t), "a:1", "b:2"}, "ADDR"},
+		{"list with an argument", []string{"list", "--api", testutil.FreeAddr(t), "extra"}, "no arguments"},
 		{"unknown global flag", []string{"--bogus", "list"}, "bogus"},
-		{"remove without NAME", []string{"remove", "--api", deadAPI(t)}, "NAME"},
+		{"remove without NAME", []string{"remove", "--api", testutil.FreeAddr(t)}, "NAME"},
 		{"run with an argument", []string{"run", "extra"}, "no arguments"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -200,7 +188,7 @@ func TestUsageErrors_UnknownCommandFlag(t *testing.T) {
 }
 
 func TestList_AgentUnreachable(t *testing.T) {
-	addr := deadAPI(t)
+	addr := testutil.FreeAddr(t)
 	code, stdout, stderr := runCaptured(t, "list", "--api", addr)
 	if code != exitFailure {
 		t.Fatalf("exit code %d, want %d (stderr %q)", code, exitFailure, stderr)
