@@ -8,7 +8,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 # Packages whose tests are pure logic or in-process concurrency: run with -race.
-UNIT_PKGS := ./internal/... ./raftfsm/... ./membership/... ./agent/... ./api/... ./config/... ./proxy/... ./cmd/...
+UNIT_PKGS := ./internal/... ./cluster/... ./raftfsm/... ./membership/... ./agent/... ./api/... ./config/... ./proxy/... ./cmd/...
 
 .PHONY: all build test unit integration demo bench bench-failover bench-bootstrap bench-proxy bench-clone bench-idle bench-report bench-patroni lint fuzz deps clean
 
