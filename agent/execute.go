@@ -139,9 +139,13 @@ func (l *haLoop) ensureSlots(ctx context.Context, st raftfsm.State) error {
 // keeps /optime/leader the same way): failover measures lag against it.
 const lsnEvery = 2 * time.Second
 
-// recordLSN commits the primary's WAL position, every lsnEvery.
+// recordLSN commits the primary's WAL position when it moved, at most
+// every lsnEvery: an idle primary commits nothing.
 func (l *haLoop) recordLSN(in decide.Input) error {
 	if time.Since(l.lastLSNAt) < lsnEvery || in.PG.WAL == 0 {
+		return nil
+	}
+	if r := in.State.PrimaryLSN; r != nil && r.LSN == in.PG.WAL && r.Timeline == in.PG.Timeline {
 		return nil
 	}
 	l.lastLSNAt = time.Now()

@@ -12,7 +12,8 @@ import (
 // Fencing and promotion timing. The numbers fit together like this:
 //
 //   - The primary's agent confirms its Raft leadership with a quorum
-//     (VerifyLeader) every fenceTick. A confirmation counts from the
+//     (VerifyLeader) every verifyEvery, and wakes when its last
+//     confirmation is fenceBudget old. A confirmation counts from the
 //     moment it was asked for, not when the answer arrived, so a slow or
 //     resumed process never stretches it. When no confirmation succeeded
 //     for fenceBudget, or Raft says it lost leadership, it fences: SIGQUIT
@@ -21,17 +22,21 @@ import (
 //     quorum last heard the old one (followers refuse votes while they
 //     know a leader), so the old primary's last successful confirmation V
 //     is at most the election time E minus heartbeat_timeout, and the old
-//     primary has stopped by V + fenceBudget + fenceTick + fenceGrace.
+//     primary has stopped by V + fenceBudget + fenceSlack + fenceGrace
+//     (fenceSlack: the timer's and the scheduler's lateness).
 //   - The new leader therefore promotes no sooner than E + fenceBudget +
-//     fenceTick + fenceGrace + fenceMargin - heartbeat_timeout (0.5 s with
-//     the defaults). Nothing the network says can shorten that wait: a
+//     fenceSlack + fenceGrace + fenceMargin - heartbeat_timeout (0.5 s
+//     with the defaults). Nothing the network says can shorten that wait: a
 //     refused connection looks the same from a dead node and from behind a
 //     rejecting firewall.
 const (
-	fenceTick   = 100 * time.Millisecond
+	fenceSlack  = 100 * time.Millisecond
 	fenceBudget = 1000 * time.Millisecond
 	fenceGrace  = 150 * time.Millisecond
 	fenceMargin = 250 * time.Millisecond
+	// verifyEvery spaces the confirmations: each is a round of
+	// heartbeats to every voter, and four chances per budget are plenty.
+	verifyEvery = 250 * time.Millisecond
 )
 
 // watchdog is what the fence watchdog shares with the rest of the agent.
@@ -52,7 +57,7 @@ type watchdog struct {
 	confirmedAt  atomic.Int64 // unix ns
 	steppingDown atomic.Bool
 	lost         chan struct{} // poked when Raft leadership is lost
-	wake         chan struct{} // poked when armed or latched: the loop ticks again
+	wake         chan struct{} // poked when armed or latched: the loop wakes
 }
 
 func (w *watchdog) latched() bool { return w.fencedAt.Load() > w.confirmedAt.Load() }
@@ -90,76 +95,80 @@ func (a *Agent) mustFence(reason string) {
 // fenceLoop is the primary's dead-man switch, independent of the HA loop
 // (which may be busy cloning or waiting): while PostgreSQL runs as
 // primary, leadership must be confirmed by a quorum at least every
-// fenceBudget, or PostgreSQL is fenced. Staleness is checked before
-// anything else, so a process resumed after a freeze (SIGSTOP, a VM
-// pause) fences on its first tick. A leader whose confirmations fail while
-// Raft still calls it leader (a stalled Raft loop, a disk that hangs)
-// hands leadership away so that another node can take over. It ticks only
-// while there is something to guard or a latch to clear: an idle replica
-// costs nothing here.
+// fenceBudget, or PostgreSQL is fenced. It sleeps until the earlier of
+// the next confirmation to ask for and the deadline of the last one, so a
+// process resumed after a freeze (SIGSTOP, a VM pause) finds its
+// deadline passed and fences at once. A leader whose confirmations fail
+// while Raft still calls it leader (a stalled Raft loop, a disk that
+// hangs) hands leadership away so that another node can take over. It
+// sleeps for good while there is nothing to guard and no latch to clear:
+// an idle replica costs nothing here, a primary a few wake-ups a second.
 func (a *Agent) fenceLoop(ctx context.Context) {
-	t := time.NewTimer(fenceTick)
+	t := time.NewTimer(time.Hour)
+	t.Stop()
 	defer t.Stop()
-	ticking := true
+	active := false
 	lastOK := time.Now()
 	var verifying chan verifyResult
+	var lastAsk time.Time
 	for {
-		var tick <-chan time.Time
-		if ticking {
-			tick = t.C
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.guard.lost:
 		case <-a.guard.wake:
-		case <-tick:
-			t.Reset(fenceTick)
+		case <-t.C:
 		case r := <-verifying:
 			verifying = nil
 			if r.err == nil {
 				lastOK = r.asked
 				a.guard.confirmedAt.Store(r.asked.UnixNano())
 			}
-			continue
 		}
 		now := time.Now()
 		guarding, latched := a.guard.armed.Load(), a.guard.latched()
-		switch active := guarding || latched; {
-		case active && !ticking:
-			// Armed (or latched) after an idle spell: the budget starts now.
-			ticking, lastOK = true, now
-			t.Reset(fenceTick)
-		case !active && ticking:
-			ticking = false
-			t.Stop()
+		if guarding || latched {
+			if !active {
+				// Armed (or latched) after an idle spell: the budget
+				// starts now.
+				active, lastOK = true, now
+			}
+		} else {
+			active = false
 		}
-		if !guarding || (a.raft.IsLeader() && a.isSoleVoter()) {
+		switch {
+		case !guarding || (a.raft.IsLeader() && a.isSoleVoter()):
 			// Not guarding a primary; or the only voter, which no other
 			// node can supersede: a slow confirmation there (a Raft log
 			// fsync stalled behind a bulk load's writeback) must not stop
 			// the only database.
 			lastOK = now
-		} else {
-			if now.Sub(lastOK) > fenceBudget {
-				a.mustFence(fmt.Sprintf("Raft leadership not confirmed for %s", now.Sub(lastOK).Round(time.Millisecond)))
-				if a.raft.IsLeader() {
-					a.stepDown("leadership could not be confirmed with a quorum")
-				}
-				a.poke()
-				continue
+		case now.Sub(lastOK) > fenceBudget:
+			a.mustFence(fmt.Sprintf("Raft leadership not confirmed for %s", now.Sub(lastOK).Round(time.Millisecond)))
+			if a.raft.IsLeader() {
+				a.stepDown("leadership could not be confirmed with a quorum")
 			}
-			if !a.raft.IsLeader() {
-				a.mustFence("lost Raft leadership")
-				a.poke()
-				continue
-			}
+			a.poke()
+		case !a.raft.IsLeader():
+			a.mustFence("lost Raft leadership")
+			a.poke()
 		}
-		// Confirm leadership while guarding a primary, and while the latch
-		// of an earlier fence is set (the HA loop waits for it).
-		if verifying == nil && a.raft.IsLeader() && (guarding || latched) {
+		guarding, latched = a.guard.armed.Load(), a.guard.latched()
+		// Confirm leadership while guarding a primary (every
+		// verifyEvery), and at once while the latch of an earlier fence
+		// is set (the HA loop waits for it).
+		if verifying == nil && a.raft.IsLeader() && (guarding || latched) && (latched || now.Sub(lastAsk) >= verifyEvery) {
+			lastAsk = now
 			verifying = make(chan verifyResult, 1)
 			go a.verify(verifying)
+		}
+		t.Stop()
+		if guarding || latched {
+			next := lastOK.Add(fenceBudget + time.Millisecond).Sub(now) // the deadline
+			if verifying == nil {
+				next = min(next, lastAsk.Add(verifyEvery).Sub(now))
+			}
+			t.Reset(max(next, time.Millisecond))
 		}
 	}
 }

@@ -93,7 +93,7 @@ func (a *Agent) promoteNotBefore() time.Time {
 	if since.IsZero() {
 		return time.Time{}
 	}
-	wait := fenceBudget + fenceTick + fenceGrace + fenceMargin - a.cfg.Raft.HeartbeatTimeout.Duration
+	wait := fenceBudget + fenceSlack + fenceGrace + fenceMargin - a.cfg.Raft.HeartbeatTimeout.Duration
 	if wait < 0 {
 		wait = 0
 	}

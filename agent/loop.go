@@ -64,6 +64,13 @@ type haLoop struct {
 	primaryContact time.Time
 	// multiSince: since when more than one member has looked writable.
 	multiSince time.Time
+	// touched: this round started, stopped, reloaded or otherwise changed
+	// PostgreSQL (it is probed again before publishing).
+	touched bool
+	// written and writtenAt: the configuration ensureRunning last wrote,
+	// and when (see configRecheck).
+	written   *pgnode.Desired
+	writtenAt time.Time
 }
 
 func newHALoop(a *Agent) *haLoop {
@@ -192,6 +199,7 @@ func (l *haLoop) round(ctx context.Context) bool {
 	var waiting, failure string
 	holder := st.IsPrimary(l.cfg.Name) && l.term != nil
 	primaryOK := local.Running && !local.InRecovery
+	l.touched = false
 	for _, act := range decide.Decide(in) {
 		switch act.Kind {
 		case decide.ActWait:
@@ -200,6 +208,11 @@ func (l *haLoop) round(ctx context.Context) bool {
 		case decide.ActRefuse:
 			failure = act.Reason
 			continue
+		case decide.ActRunPrimary, decide.ActRunReplica, decide.ActEnsureSlots, decide.ActRecordLSN, decide.ActSyncStandbys:
+			// Steady state: they touch PostgreSQL only when something
+			// changed, and say so (ensureRunning sets touched).
+		default:
+			l.touched = true
 		}
 		if err := l.perform(ctx, act, in); err != nil {
 			if ctx.Err() != nil {
@@ -209,8 +222,11 @@ func (l *haLoop) round(ctx context.Context) bool {
 			break
 		}
 	}
-	// Re-read PostgreSQL after acting so the published status is fresh.
-	local = l.probe(ctx)
+	// Re-read PostgreSQL after acting so the published status is fresh
+	// (a steady round changed nothing: the first probe still holds).
+	if l.touched {
+		local = l.probe(ctx)
+	}
 	l.trackPrimaryStart(holder, primaryOK || (local.Running && !local.InRecovery), st)
 	l.noteProblem(waiting, failure)
 	l.publish(local, waiting)

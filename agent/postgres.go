@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"strings"
 	"time"
 
@@ -36,12 +37,24 @@ func (l *haLoop) desired(st raftfsm.State, role pgnode.Role, up *pgnode.Upstream
 	}
 }
 
+// configRecheck is how long ensureRunning trusts the files it wrote for
+// an unchanged configuration before it writes (compares) them again:
+// rewriting every round costs reads, a chown and an fsync a second, and
+// the files only change through pgha (or an operator, whose edit is
+// undone within this time).
+const configRecheck = 30 * time.Second
+
 // writeConfig writes d, logging once per change which dynamic parameters
 // pgnode left out (pgha manages them itself).
 func (l *haLoop) writeConfig(d pgnode.Desired) (pgnode.ConfigChange, error) {
+	l.written = nil
 	ch, err := l.pg.WriteConfig(d)
 	if err != nil {
 		return ch, err
+	}
+	l.written, l.writtenAt = &d, time.Now()
+	if ch.Changed {
+		l.touched = true
 	}
 	if ignored := strings.Join(ch.Ignored, ","); ignored != l.ignoredParams {
 		l.ignoredParams = ignored
@@ -57,6 +70,9 @@ func (l *haLoop) writeConfig(d pgnode.Desired) (pgnode.ConfigChange, error) {
 // running server whose change needs a restart is not restarted behind the
 // operator's back: it is reported as "restart pending" (pgha restart).
 func (l *haLoop) ensureRunning(ctx context.Context, d pgnode.Desired) error {
+	if l.pg.Running() && l.written != nil && reflect.DeepEqual(*l.written, d) && time.Since(l.writtenAt) < configRecheck {
+		return nil // written moments ago; nothing to do
+	}
 	ch, err := l.writeConfig(d)
 	if err != nil {
 		return fmt.Errorf("write config: %w", err)
@@ -74,6 +90,7 @@ func (l *haLoop) ensureRunning(ctx context.Context, d pgnode.Desired) error {
 			return fmt.Errorf("start: %w", err)
 		}
 		l.lastStart = time.Now()
+		l.touched = true
 		l.status.update(func(s *NodeStatus) { s.Pending = false })
 		return nil
 	}

@@ -142,7 +142,17 @@ func (l *haLoop) publish(p decide.LocalPG, waiting string) {
 	m.Pending = cur.Pending
 	m.Err = cur.Error
 	m.Wait = waiting
+	// The heartbeat (beat) dates the status every second; a round that
+	// changed nothing else keeps the current date, so it is not one more
+	// broadcast to every member.
 	m.At = time.Now().UnixMilli()
+	if cur := l.gossip.LocalMeta(); cur.At != 0 {
+		same := cur
+		same.At = m.At
+		if same == m {
+			m.At = cur.At
+		}
+	}
 	if err := l.gossip.SetMeta(m); err != nil {
 		l.log.Warn("publish status", "err", err)
 	}

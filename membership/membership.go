@@ -189,12 +189,26 @@ func New(o Options, initial Meta) (*Gossip, error) {
 	} else {
 		c.AdvertiseAddr, c.AdvertisePort = host, port
 	}
-	// Faster than the LAN defaults: status changes (a new role, a
-	// replica that starts streaming) should reach peers within ~200 ms.
-	c.GossipInterval = 100 * time.Millisecond
-	c.ProbeInterval = 500 * time.Millisecond
-	c.ProbeTimeout = 250 * time.Millisecond
+	// Faster than the LAN defaults where it matters: status changes (a
+	// new role, a replica that starts streaming) reach peers within a few
+	// hundred ms, as broadcasts go out every 200 ms (the write port does
+	// not wait for them: a promotion reaches it through Raft, see
+	// agent/routing). Failure detection is not memberlist's job here
+	// (Raft detects a dead leader, a status older than a few seconds
+	// marks a silent member), so probes run at the LAN pace, and the
+	// small metadata is not worth compressing.
+	c.GossipInterval = 200 * time.Millisecond
+	// Each agent rebroadcasts its status every second (the agent's
+	// heartbeat), so a lost packet costs one second, not the update:
+	// send each broadcast to every member (GossipNodes covers the
+	// clusters pgha runs, up to 9 nodes) twice rather than to three
+	// random ones four times.
+	c.GossipNodes = 8
+	c.RetransmitMult = 2
+	c.ProbeInterval = 2 * time.Second
+	c.ProbeTimeout = 500 * time.Millisecond
 	c.PushPullInterval = 10 * time.Second
+	c.EnableCompression = false
 	// Key refusals reach Logger whatever happens to the raw lines: on
 	// the accepting side they are the only sign of a node with the wrong
 	// key knocking.

@@ -43,10 +43,17 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	f.index = l.Index
 	f.mu.Unlock()
-	if err == nil {
+	if err == nil && !isNoop(l.Data) {
 		f.notify()
 	}
 	return ApplyResult{Index: l.Index, Err: err}
+}
+
+// isNoop reports whether data is the no-op command, which changes nothing
+// worth waking anyone for.
+func isNoop(data []byte) bool {
+	env, err := DecodeEnvelope(data)
+	return err == nil && env.Type == CmdNoop
 }
 
 func (f *FSM) notify() {

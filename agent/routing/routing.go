@@ -24,6 +24,28 @@ type Input struct {
 	MaxReplicaLag int64
 }
 
+// runsAsPrimary reports whether the record holder g runs PostgreSQL as
+// the primary: its gossip says so, or the FSM says it promoted in the
+// current epoch after the status its gossip still carries was read. Both
+// dates come from the holder's own clock. The FSM reaches every node one
+// Raft round trip after the promotion, usually before the holder's next
+// gossip does, so the write port follows a switchover sooner; a status
+// read after the promotion (a crash since, say) overrides it.
+func runsAsPrimary(st raftfsm.State, g membership.Member) bool {
+	if !g.Alive || !g.MetaOK {
+		return false
+	}
+	if g.Meta.Role == cluster.RolePrimary && g.Meta.PGState == cluster.StateRunning {
+		return true
+	}
+	for i := len(st.History) - 1; i >= 0; i-- {
+		if h := st.History[i]; h.Epoch == st.Primary.Epoch {
+			return h.New == g.Name && !h.PromotedAt.IsZero() && g.Meta.At < h.PromotedAt.UnixMilli()
+		}
+	}
+	return false
+}
+
 // Routes computes where new connections go. When in doubt it routes
 // writes nowhere (the proxy holds them, it does not refuse them):
 //   - no primary record, or its holder does not report PostgreSQL running
@@ -42,8 +64,7 @@ func Routes(in Input) proxy.Routes {
 	if st.Primary == nil || st.SystemID == 0 {
 		return r
 	}
-	if g, ok := in.Gossip[st.Primary.Member]; ok && g.Alive && g.MetaOK &&
-		g.Meta.Role == cluster.RolePrimary && g.Meta.PGState == cluster.StateRunning {
+	if g, ok := in.Gossip[st.Primary.Member]; ok && runsAsPrimary(st, g) {
 		if m, ok := st.Members[st.Primary.Member]; ok && m.PGAddr != "" && in.LeaderContact {
 			b := &proxy.Backend{Name: st.Primary.Member, Addr: m.PGAddr}
 			if st.Primary.Demoting {

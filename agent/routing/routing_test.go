@@ -3,6 +3,7 @@ package routing
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/membership"
@@ -113,5 +114,49 @@ func TestRoutes(t *testing.T) {
 				t.Fatalf("routes %q, want %q", got, c.want)
 			}
 		})
+	}
+}
+
+// TestRoutesFollowAPromotionBeforeGossip: the FSM's record of the
+// promotion routes writes to the new primary before its gossip says so,
+// unless a status read after the promotion says otherwise.
+func TestRoutesFollowAPromotionBeforeGossip(t *testing.T) {
+	promoted := time.Date(2026, 12, 8, 10, 0, 0, 0, time.UTC)
+	st := state(func(s *raftfsm.State) {
+		s.Primary = &raftfsm.PrimaryRecord{Member: "n2", Epoch: 4, Timeline: 3}
+		s.History = []raftfsm.HistoryEntry{{Epoch: 3, New: "n1"}, {Epoch: 4, Old: "n1", New: "n2", PromotedAt: promoted}}
+	})
+	n2 := func(at time.Time, role cluster.Role) membership.Member {
+		m := member("n2", role, 100)
+		m.Meta.Timeline, m.Meta.At = 3, at.UnixMilli()
+		return m
+	}
+	cases := []struct {
+		name string
+		n2   membership.Member
+		st   raftfsm.State
+		want string
+	}{
+		{"gossip from before the promotion: the FSM wins", n2(promoted.Add(-time.Second), cluster.RoleReplica), st, "w=n2 r="},
+		{"gossip after the promotion saying replica: held", n2(promoted.Add(time.Second), cluster.RoleReplica), st, "r="},
+		{"gossip says primary: routed", n2(promoted.Add(time.Second), cluster.RolePrimary), st, "w=n2 r="},
+		{"not promoted yet: held", n2(promoted.Add(-time.Second), cluster.RoleReplica), state(func(s *raftfsm.State) {
+			s.Primary = &raftfsm.PrimaryRecord{Member: "n2", Epoch: 4, Timeline: 2}
+			s.History = []raftfsm.HistoryEntry{{Epoch: 4, Old: "n1", New: "n2"}}
+		}), "r="},
+	}
+	for _, c := range cases {
+		stale := c.n2
+		stale.Alive = false
+		for _, g := range []membership.Member{c.n2, stale} {
+			want := c.want
+			if !g.Alive {
+				want = "r="
+			}
+			got := text(Routes(Input{State: c.st, Gossip: view(g), LeaderContact: true, MaxReplicaLag: 1 << 20}))
+			if got != want {
+				t.Errorf("%s (alive %v): routes %q, want %q", c.name, g.Alive, got, want)
+			}
+		}
 	}
 }
