@@ -71,9 +71,16 @@ bench-failover: deps build
 bench-clone: deps build
 	PGHA_BIN=$(CURDIR)/$(BIN) $(GO) test -tags bench -count=1 -timeout 30m -v -run '^TestBenchClone$$' ./integration/
 
-# IDLE_SECONDS=N: the measuring window (default 60).
+# IDLE_SECONDS=N: the measuring window (default 60). As root, Patroni's
+# idle cost is measured right after in the same run (Debian's patroni with
+# its built-in Raft, both settings; PATRONI=0 skips it), so RESULTS.md
+# compares figures taken side by side.
 bench-idle: deps build
 	PGHA_BIN=$(CURDIR)/$(BIN) $(GO) test -tags bench -count=1 -timeout 15m -v -run '^TestBenchIdle$$' ./integration/
+	@if [ "$${PATRONI:-1}" = 1 ] && [ "$$(id -u)" = 0 ]; then \
+		RUNS=0 SW_RUNS=0 BOOT_RUNS=1 IDLE_SECONDS=$${IDLE_SECONDS:-60} SETTINGS="default tuned" scripts/bench-patroni.sh || \
+			echo "bench-idle: Patroni's side failed (above); pgha's figures are written"; \
+	else echo "bench-idle: Patroni's side skipped (needs root, or PATRONI=0 was given)"; fi
 
 # Patroni + built-in Raft + HAProxy, the same measurements (RUNS, SW_RUNS,
 # BOOT_RUNS, IDLE_SECONDS, SETTINGS="default tuned").

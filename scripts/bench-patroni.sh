@@ -537,14 +537,17 @@ def run_setting(setting):
         ha.stop()
         c.stop_all()
 
-    res["series"] = [
+    # A figure this run did not measure (RUNS=0 for an idle-only run, as
+    # make bench-idle does) is left out, so the report keeps the last
+    # run's value of it rather than an empty one.
+    res["series"] = [x for x in [
         stats("bootstrap: start -> primary + 2 streaming replicas, s", "bootstrap", boot),
         stats("whole-node SIGKILL of the primary -> first write through HAProxy, s", "kill", kill, kill_failed, "haproxy"),
         stats("switchover (patronictl switchover --force) -> longest write gap through HAProxy, s", "switchover", sw, sw_failed, "haproxy"),
         stats("killed node restarted -> streaming again, s", "rejoin", rejoin),
         stats("Patroni RSS, MB (mean over the window, per process)", "rss", [a["rss_mean_mb"] for a in res["idle"]["agents"]]),
         stats("Patroni CPU, % of one core (per process)", "idle-cpu", [a["cpu_percent"] for a in res["idle"]["agents"]]),
-    ]
+    ] if x["seconds"]]
     res["load"] = {"start": load0, "end": loadavg()}
     return res
 

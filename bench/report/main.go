@@ -101,13 +101,17 @@ type PatroniSetting struct {
 
 var kinds = []string{"bootstrap", "failover", "clone", "idle", "proxy", "patroni"}
 
-// load reads the newest result of each kind.
+// load reads the newest result of each kind. Patroni's results are
+// merged, newest first: a run that measured only some figures (say the
+// idle cost, next to pgha's) keeps the others from the last run that had
+// them.
 func load(resultsDir string) (map[string]*Result, error) {
 	files, err := filepath.Glob(filepath.Join(resultsDir, "*.json"))
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]*Result{}
+	var patroni []*Result
 	for _, f := range files {
 		base := strings.TrimSuffix(filepath.Base(f), ".json")
 		kind := base[strings.LastIndex(base, "-")+1:]
@@ -132,11 +136,60 @@ func load(resultsDir string) (map[string]*Result, error) {
 		if kind == "clone" {
 			_ = json.Unmarshal(r.Seconds, &r.CloneSeconds)
 		}
+		if kind == "patroni" {
+			patroni = append(patroni, r)
+		}
 		if old, ok := out[kind]; !ok || r.Date > old.Date {
 			out[kind] = r
 		}
 	}
+	if len(patroni) > 1 {
+		out["patroni"] = mergePatroni(patroni)
+	}
 	return out, nil
+}
+
+// mergePatroni is the newest Patroni result with each setting's missing
+// series and timelines taken from older results, newest first.
+func mergePatroni(rs []*Result) *Result {
+	sort.Slice(rs, func(i, j int) bool { return rs[i].Date > rs[j].Date })
+	merged := *rs[0]
+	merged.Settings = map[string]PatroniSetting{}
+	for name, set := range rs[0].Settings {
+		merged.Settings[name] = copySetting(set)
+	}
+	for _, older := range rs[1:] {
+		for name, o := range older.Settings {
+			cur, ok := merged.Settings[name]
+			if !ok {
+				merged.Settings[name] = copySetting(o)
+				continue
+			}
+			for _, sr := range o.Series {
+				if findSeries(cur.Series, sr.Kind, sr.Probe) == nil {
+					cur.Series = append(cur.Series, sr)
+				}
+			}
+			for kind, tl := range o.Timelines {
+				if len(cur.Timelines[kind]) == 0 {
+					cur.Timelines[kind] = tl
+				}
+			}
+			merged.Settings[name] = cur
+		}
+	}
+	return &merged
+}
+
+// copySetting copies what mergePatroni appends to, so inputs stay as read.
+func copySetting(set PatroniSetting) PatroniSetting {
+	set.Series = append([]Series(nil), set.Series...)
+	tl := map[string]map[string][]Timeline{}
+	for k, v := range set.Timelines {
+		tl[k] = v
+	}
+	set.Timelines = tl
+	return set
 }
 
 func contains(list []string, s string) bool {
