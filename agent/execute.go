@@ -97,6 +97,10 @@ func (l *haLoop) perform(ctx context.Context, act decide.Action, in decide.Input
 		}
 		return l.term.manageSync(in.State, in.Gossip, l.replicas, in.PG.WAL, time.Now())
 
+	case decide.ActClearDemoting:
+		l.log.Warn("clearing the demoting mark of an interrupted switchover")
+		return l.raft.Apply(raftfsm.SetDemoting{Member: l.cfg.Name, Epoch: in.State.Primary.Epoch}, applyTimeout)
+
 	case decide.ActEnsureSlots:
 		return l.ensureSlots(ctx, in.State)
 
@@ -135,17 +139,24 @@ func (l *haLoop) ensureSlots(ctx context.Context, st raftfsm.State) error {
 	return nil
 }
 
-// lsnEvery is how often the primary commits its WAL position (Patroni
-// keeps /optime/leader the same way): failover measures lag against it.
-const lsnEvery = 2 * time.Second
+// lsnEvery is how often the primary commits its WAL position when it
+// moved (Patroni keeps /optime/leader the same way): failover measures
+// lag against it. lsnKeepalive is how often it commits it unchanged: the
+// Raft log write that follows makes a leader whose disk hangs fail its
+// leadership confirmations (see fence.go), where an idle leader that
+// never writes would not notice.
+const (
+	lsnEvery     = 2 * time.Second
+	lsnKeepalive = 10 * time.Second
+)
 
-// recordLSN commits the primary's WAL position when it moved, at most
-// every lsnEvery: an idle primary commits nothing.
+// recordLSN commits the primary's WAL position: when it moved, at most
+// every lsnEvery; unchanged, every lsnKeepalive.
 func (l *haLoop) recordLSN(in decide.Input) error {
 	if time.Since(l.lastLSNAt) < lsnEvery || in.PG.WAL == 0 {
 		return nil
 	}
-	if r := in.State.PrimaryLSN; r != nil && r.LSN == in.PG.WAL && r.Timeline == in.PG.Timeline {
+	if r := in.State.PrimaryLSN; r != nil && r.LSN == in.PG.WAL && r.Timeline == in.PG.Timeline && time.Since(l.lastLSNAt) < lsnKeepalive {
 		return nil
 	}
 	l.lastLSNAt = time.Now()

@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -143,9 +145,11 @@ func cloneState(s raftfsm.State) raftfsm.State {
 // that need a whole node (the operator backend's views).
 type fakeConsensus struct {
 	*fakeRaft
-	leader  bool
+	leader  atomic.Bool
 	changed chan struct{}
 	notify  chan bool
+	// verify, when set, answers VerifyLeader (default: confirmed).
+	verify func(timeout time.Duration) error
 }
 
 var _ consensus = (*fakeConsensus)(nil)
@@ -157,14 +161,20 @@ func (f *fakeConsensus) SetFormationTimeouts(bool) error { return nil }
 func (f *fakeConsensus) Bootstrap([]raft.Server) error   { return nil }
 func (f *fakeConsensus) Changed() <-chan struct{}        { return f.changed }
 func (f *fakeConsensus) LeaderNotify() <-chan bool       { return f.notify }
-func (f *fakeConsensus) IsLeader() bool                  { return f.leader }
+func (f *fakeConsensus) IsLeader() bool                  { return f.leader.Load() }
 func (f *fakeConsensus) State() string                   { return "Leader" }
 func (f *fakeConsensus) Leader() (string, string)        { return "n1", "r-n1" }
 func (f *fakeConsensus) LastContact() time.Time          { return time.Now() }
 func (f *fakeConsensus) Term() uint64                    { return 7 }
 func (f *fakeConsensus) Stats() map[string]string        { return map[string]string{} }
 func (f *fakeConsensus) Barrier(time.Duration) error     { return nil }
-func (f *fakeConsensus) VerifyLeader(time.Duration) error {
+func (f *fakeConsensus) VerifyLeader(timeout time.Duration) error {
+	if f.verify != nil {
+		return f.verify(timeout)
+	}
+	if !f.leader.Load() {
+		return errors.New("not leader")
+	}
 	return nil
 }
 func (f *fakeConsensus) StepDown(time.Duration) error { return nil }
@@ -203,8 +213,10 @@ func (g *fakeGossip) Close() error               { return nil }
 func testAgent(r *fakeRaft, g *fakeGossip) *Agent {
 	cfg := config.Default()
 	cfg.Name, cfg.Cluster = "n1", "it"
+	fc := &fakeConsensus{fakeRaft: r}
+	fc.leader.Store(true)
 	a := &Agent{cfg: &cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		raft: &fakeConsensus{fakeRaft: r, leader: true}, gossip: g,
+		raft: fc, gossip: g,
 		wake: make(chan struct{}, 1), routesWake: make(chan struct{}, 1)}
 	a.guard.lost, a.guard.wake = make(chan struct{}, 1), make(chan struct{}, 1)
 	a.loop = newHALoop(a)

@@ -56,8 +56,11 @@ type watchdog struct {
 	fencedAt     atomic.Int64 // unix ns
 	confirmedAt  atomic.Int64 // unix ns
 	steppingDown atomic.Bool
-	lost         chan struct{} // poked when Raft leadership is lost
-	wake         chan struct{} // poked when armed or latched: the loop wakes
+	// wakes counts the watchdog's wake-ups (what an idle node should
+	// not have many of; tests watch it).
+	wakes atomic.Uint64
+	lost  chan struct{} // poked when Raft leadership is lost
+	wake  chan struct{} // poked when armed or latched: the loop wakes
 }
 
 func (w *watchdog) latched() bool { return w.fencedAt.Load() > w.confirmedAt.Load() }
@@ -101,8 +104,9 @@ func (a *Agent) mustFence(reason string) {
 // deadline passed and fences at once. A leader whose confirmations fail
 // while Raft still calls it leader (a stalled Raft loop, a disk that
 // hangs) hands leadership away so that another node can take over. It
-// sleeps for good while there is nothing to guard and no latch to clear:
-// an idle replica costs nothing here, a primary a few wake-ups a second.
+// sleeps for good while there is nothing to guard and no latch it can
+// clear (only a leader can): an idle replica, or a fenced former primary,
+// costs nothing here; a primary a few wake-ups a second.
 func (a *Agent) fenceLoop(ctx context.Context) {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
@@ -121,10 +125,13 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		case r := <-verifying:
 			verifying = nil
 			if r.err == nil {
-				lastOK = r.asked
+				// Never backwards: the budget may have restarted (armed
+				// anew) after this confirmation was asked for.
+				lastOK = later(lastOK, r.asked)
 				a.guard.confirmedAt.Store(r.asked.UnixNano())
 			}
 		}
+		a.guard.wakes.Add(1)
 		now := time.Now()
 		guarding, latched := a.guard.armed.Load(), a.guard.latched()
 		if guarding || latched {
@@ -154,23 +161,38 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			a.poke()
 		}
 		guarding, latched = a.guard.armed.Load(), a.guard.latched()
-		// Confirm leadership while guarding a primary (every
-		// verifyEvery), and at once while the latch of an earlier fence
-		// is set (the HA loop waits for it).
-		if verifying == nil && a.raft.IsLeader() && (guarding || latched) && (latched || now.Sub(lastAsk) >= verifyEvery) {
+		// Confirm leadership while guarding a primary, and while the
+		// latch of an earlier fence is set (the HA loop waits for it), at
+		// most every verifyEvery. Only a leader can: a latched follower
+		// sleeps until it leads again (watchLeadership wakes it).
+		asking := a.raft.IsLeader() && (guarding || latched)
+		if verifying == nil && asking && now.Sub(lastAsk) >= verifyEvery {
 			lastAsk = now
-			verifying = make(chan verifyResult, 1)
-			go a.verify(verifying)
+			ch := make(chan verifyResult, 1)
+			verifying = ch
+			a.spawn(func() { a.verify(ch) })
 		}
 		t.Stop()
-		if guarding || latched {
-			next := lastOK.Add(fenceBudget + time.Millisecond).Sub(now) // the deadline
-			if verifying == nil {
-				next = min(next, lastAsk.Add(verifyEvery).Sub(now))
+		next := time.Duration(-1)
+		if guarding {
+			next = lastOK.Add(fenceBudget + time.Millisecond).Sub(now) // the deadline
+		}
+		if verifying == nil && asking {
+			if d := lastAsk.Add(verifyEvery).Sub(now); next < 0 || d < next {
+				next = d
 			}
+		}
+		if next >= 0 {
 			t.Reset(max(next, time.Millisecond))
 		}
 	}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // isSoleVoter reports whether this node is the only voter of the latest
@@ -199,8 +221,8 @@ type verifyResult struct {
 }
 
 // verify asks Raft to confirm leadership; the result goes to ch (buffered,
-// so this goroutine ends even if nobody reads it any more). Raft answers
-// every future, at the latest when it shuts down.
+// so this goroutine ends even if nobody reads it any more). It returns
+// within fenceBudget (raftfsm.Node.VerifyLeader's own timeout).
 func (a *Agent) verify(ch chan<- verifyResult) {
 	asked := time.Now()
 	err := a.raft.VerifyLeader(fenceBudget)
@@ -214,10 +236,10 @@ func (a *Agent) stepDown(reason string) {
 		return
 	}
 	a.log.Error("stepping down as Raft leader", "reason", reason)
-	go func() {
+	a.spawn(func() {
 		defer a.guard.steppingDown.Store(false)
 		if err := a.raft.StepDown(5 * time.Second); err != nil {
 			a.log.Error("step down", "err", err)
 		}
-	}()
+	})
 }

@@ -64,6 +64,9 @@ func (a *Agent) watchLeadership(ctx context.Context) {
 			}
 			if a.raft.IsLeader() && a.raft.Term() == term {
 				a.lead.set(term, since)
+				// A latch set by an earlier fence clears only with a
+				// confirmation a leader asks for: wake the watchdog.
+				notify(a.guard.wake)
 			}
 			a.poke()
 			a.pokeRoutes()

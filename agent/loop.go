@@ -23,6 +23,8 @@ type haLoop struct {
 	*Agent // the node's parts and the boards the loop writes
 
 	jobs chan func(ctx context.Context)
+	// stopped is closed when run returns: a job nobody will take fails.
+	stopped chan struct{}
 
 	// term is the leader term this node acts in, nil when it does not
 	// lead (see termFor).
@@ -74,7 +76,7 @@ type haLoop struct {
 }
 
 func newHALoop(a *Agent) *haLoop {
-	return &haLoop{Agent: a, jobs: make(chan func(context.Context))}
+	return &haLoop{Agent: a, jobs: make(chan func(context.Context)), stopped: make(chan struct{})}
 }
 
 // transitionRecheck is how soon the loop runs again while PostgreSQL is
@@ -84,6 +86,10 @@ const transitionRecheck = 200 * time.Millisecond
 // run runs rounds every loopInterval, and at once when the FSM, the
 // gossip view, leadership or the postmaster changes, or after a job.
 func (l *haLoop) run(ctx context.Context) {
+	defer close(l.stopped)
+	// Everything the loop runs carries the mark, so that a job that calls
+	// an operation which is itself a job runs it inline (see do).
+	ctx = context.WithValue(ctx, onLoopKey{}, true)
 	t := time.NewTicker(loopInterval)
 	defer t.Stop()
 	for {
@@ -129,9 +135,14 @@ func (l *haLoop) run(ctx context.Context) {
 // the caller's wait: for the loop to take the job (it may be busy cloning
 // for minutes) and for the job to end.
 func (l *haLoop) do(ctx context.Context, f func(ctx context.Context) error) error {
+	if ctx.Value(onLoopKey{}) != nil {
+		return f(ctx) // already on the loop: waiting for it would wait forever
+	}
 	done := make(chan error, 1)
 	select {
 	case l.jobs <- func(lctx context.Context) { done <- f(lctx) }:
+	case <-l.stopped:
+		return cluster.Conflictf("the agent is stopping")
 	case <-ctx.Done():
 		return cluster.Timeoutf("the HA loop is busy (%v); retry later", ctx.Err())
 	}
@@ -142,6 +153,9 @@ func (l *haLoop) do(ctx context.Context, f func(ctx context.Context) error) erro
 		return cluster.Timeoutf("the operation is still running on the HA loop (%v); see pgha list", ctx.Err())
 	}
 }
+
+// onLoopKey marks the contexts of the HA loop's goroutine.
+type onLoopKey struct{}
 
 // round is one pass: gather inputs, decide, act, publish status. It
 // reports whether the local PostgreSQL is in transition.

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"time"
 
@@ -212,7 +213,7 @@ func (l *haLoop) remove(t *leaderTerm, req api.RemoveRequest) error {
 	inRaft := false
 	servers, err := l.raft.Servers()
 	if err != nil {
-		return err
+		return fmt.Errorf("read the Raft configuration: %w", err)
 	}
 	for _, s := range servers {
 		if string(s.ID) == req.Name {

@@ -98,8 +98,9 @@ func (a *Agent) candidate(st raftfsm.State, name string, p decide.Purpose, force
 
 // drainWait is how long a switchover lets every proxy see the demoting
 // mark (and hold new connections) before the primary stops: the FSM
-// change reaches each node within a Raft heartbeat and its routing loop
-// reacts at once.
+// change reaches each node one Raft round trip after it commits (the
+// no-op that follows every command carries the commit index, see
+// raftfsm.Node.Apply), and its routing loop reacts at once.
 const drainWait = 200 * time.Millisecond
 
 // switchover is the part of a switchover that runs on the HA loop.
@@ -239,7 +240,7 @@ func (a *Agent) waitNewPrimary(ctx context.Context, h handover) (api.SwitchoverR
 		}
 		select {
 		case <-ctx.Done():
-			return res, ctx.Err()
+			return res, cluster.Timeoutf("the record moved to %s; stopped waiting for its promotion (%v): see pgha list", h.cand, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

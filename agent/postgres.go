@@ -234,8 +234,14 @@ func (l *haLoop) promote(ctx context.Context, st raftfsm.State) error {
 			return fmt.Errorf("reload before promotion: %w", err)
 		}
 	}
-	if !l.isLeader() {
+	// Starting may have taken a while: promote only if this node still
+	// leads in the same term and the record is still this node's, in the
+	// same epoch (safety rule 1).
+	if l.term == nil || l.leaderTerm() != l.term.number {
 		return cluster.Conflictf("lost leadership before promotion")
+	}
+	if now := l.raft.ClusterState(); !now.IsPrimary(l.cfg.Name) || now.Primary.Epoch != st.Primary.Epoch {
+		return cluster.Conflictf("the primary record moved before promotion")
 	}
 	l.log.Info("promoting PostgreSQL", "epoch", st.Primary.Epoch)
 	pctx, cancel := context.WithTimeout(ctx, 60*time.Second)
@@ -271,7 +277,9 @@ func (l *haLoop) failover(ctx context.Context, in decide.Input, reason string) e
 	}
 	l.log.Warn("failing over to this node", "old_primary", st.Primary.Member, "reason", reason)
 	err := l.raft.Apply(raftfsm.SetPrimary{
-		Member: l.cfg.Name, ExpectEpoch: st.Primary.Epoch, Timeline: st.Primary.Timeline,
+		// This replica's timeline can be one above the record's: the old
+		// holder promoted, and died before it recorded it.
+		Member: l.cfg.Name, ExpectEpoch: st.Primary.Epoch, Timeline: max(st.Primary.Timeline, in.PG.Timeline),
 		LSN: max(in.PG.Receive, in.PG.WAL), Reason: "failover", At: time.Now().UTC(), LastSeen: lastSeen.UTC(),
 	}, applyTimeout)
 	if err != nil {

@@ -23,7 +23,8 @@ import (
 //   - to add a standby, synchronous_standby_names changes first (FIRST n
 //     over the old set plus the newcomer); the newcomer enters the FSM set
 //     only once pg_stat_replication shows it 'sync' and its flush LSN has
-//     passed the primary's position at the time of the change;
+//     passed the primary's position at the moment it first showed 'sync'
+//     (from then on every commit waited for it);
 //   - to remove one, the FSM set changes first, then the setting.
 //
 // With no synchronous standby available, strict mode keeps the primary
@@ -31,11 +32,17 @@ import (
 // the primary alone); otherwise replication falls back to asynchronous
 // and `pgha list` says so.
 
-// syncAdding is a standby being added: waiting for it to be 'sync'.
+// syncAdding is a standby being added: waiting for it to be 'sync' and
+// then to have flushed everything committed before.
 type syncAdding struct {
-	name   string    // "" when none
-	target uint64    // primary WAL position when the setting changed
-	since  time.Time // when the setting changed
+	name  string    // "" when none
+	since time.Time // when it was picked
+	// target is the primary's position in the first probe that showed
+	// the standby 'sync' (pg_stat_replication and the position come from
+	// one query): every commit after it waited for the standby, so once
+	// the standby has flushed up to it, it holds every acknowledged
+	// commit. Zero until then.
+	target uint64
 }
 
 // syncAddTimeout is how long a standby may take to become synchronous
@@ -157,6 +164,8 @@ func (t *leaderTerm) manageSync(st raftfsm.State, gossip map[string]membership.M
 		case !ok:
 			t.log.Info("synchronous standby candidate went away", "member", p.name)
 			t.sync = syncAdding{}
+		case r.SyncState == "sync" && p.target == 0:
+			t.sync.target = max(wal, 1)
 		case r.SyncState == "sync" && r.FlushLSN >= p.target:
 			t.sync = syncAdding{}
 			return commit(append(append([]string(nil), st.SyncSet...), p.name))
@@ -187,7 +196,7 @@ func (t *leaderTerm) manageSync(st raftfsm.State, gossip map[string]membership.M
 		}
 		return cands[i].ApplicationName < cands[j].ApplicationName
 	})
-	t.sync = syncAdding{name: cands[0].ApplicationName, target: wal, since: now}
+	t.sync = syncAdding{name: cands[0].ApplicationName, since: now}
 	t.log.Info("adding a synchronous standby", "member", t.sync.name)
 	return nil
 }

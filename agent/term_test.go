@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/membership"
+	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/raftfsm"
 )
 
@@ -165,5 +166,44 @@ func TestTransferOnlyToAVoter(t *testing.T) {
 	}
 	if got := r.log(); !slices.Equal(got, []string{"transfer n2"}) {
 		t.Fatalf("transfers %v: want one (at most every %s)", got, transferEvery)
+	}
+}
+
+// TestSyncStandbyAddedOnlyWhenItHoldsEveryCommit: a standby enters the
+// committed synchronous set only after it showed 'sync' and then flushed
+// up to the primary's position at that moment, not the position when it
+// was picked.
+func TestSyncStandbyAddedOnlyWhenItHoldsEveryCommit(t *testing.T) {
+	st := threeMembers()
+	st.Config.SynchronousMode = true
+	r := newFakeRaft(st, []string{"n1", "n2", "n3"})
+	term := testTerm(r, allowAll)
+	g := byName(gossipMember("n2", nil))
+	rep := func(state string, flush uint64) []pgnode.ReplicaInfo {
+		return []pgnode.ReplicaInfo{{ApplicationName: "n2", State: "streaming", SyncState: state, FlushLSN: flush}}
+	}
+	now := time.Now()
+	step := func(replicas []pgnode.ReplicaInfo, wal uint64) {
+		t.Helper()
+		if err := term.manageSync(r.ClusterState(), g, replicas, wal, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step(rep("async", 900), 1000) // picked; synchronous_standby_names changes next round
+	if term.sync.name != "n2" || len(r.ClusterState().SyncSet) != 0 {
+		t.Fatalf("after picking: %+v, set %v", term.sync, r.ClusterState().SyncSet)
+	}
+	step(rep("async", 1500), 2000) // not sync yet, though past the picking position
+	step(rep("sync", 2500), 3000)  // sync now: commits after 3000 wait for it
+	if len(r.ClusterState().SyncSet) != 0 || term.sync.target != 3000 {
+		t.Fatalf("committed before it flushed what was acknowledged without it: %+v, set %v", term.sync, r.ClusterState().SyncSet)
+	}
+	step(rep("sync", 2900), 3100)
+	if len(r.ClusterState().SyncSet) != 0 {
+		t.Fatal("committed before reaching the target")
+	}
+	step(rep("sync", 3000), 3200)
+	if got := r.ClusterState().SyncSet; !slices.Equal(got, []string{"n2"}) {
+		t.Fatalf("set %v, want [n2]", got)
 	}
 }

@@ -57,7 +57,7 @@ type Meta struct {
 	Pending   bool            `json:"rp,omitempty"` // restart pending
 	Err       string          `json:"x,omitempty"`  // last error, shortened
 	Wait      string          `json:"wt,omitempty"` // why the node is waiting, shortened
-	At        int64           `json:"t,omitempty"`  // unix ms when the status was read
+	At        int64           `json:"t,omitempty"`  // unix ms when the status was last published (the heartbeat renews it)
 }
 
 // MaxMeta is memberlist's limit on node metadata.
@@ -198,13 +198,6 @@ func New(o Options, initial Meta) (*Gossip, error) {
 	// marks a silent member), so probes run at the LAN pace, and the
 	// small metadata is not worth compressing.
 	c.GossipInterval = 200 * time.Millisecond
-	// Each agent rebroadcasts its status every second (the agent's
-	// heartbeat), so a lost packet costs one second, not the update:
-	// send each broadcast to every member (GossipNodes covers the
-	// clusters pgha runs, up to 9 nodes) twice rather than to three
-	// random ones four times.
-	c.GossipNodes = 8
-	c.RetransmitMult = 2
 	c.ProbeInterval = 2 * time.Second
 	c.ProbeTimeout = 500 * time.Millisecond
 	c.PushPullInterval = 10 * time.Second

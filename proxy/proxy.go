@@ -133,7 +133,7 @@ type Proxy struct {
 	write, read *port // nil when disabled
 
 	// loops copy the bytes of proxied connections (none when the
-	// platform has no event loop or Config.Loops < 0); next picks one
+	// platform has no event loop or Config.Loops is 0); next picks one
 	// round-robin.
 	loops []*evloop
 	next  atomic.Uint32

@@ -81,12 +81,14 @@ func (l LocalPG) Position() Position {
 // divergedAfter is how long a replica may stay on an older timeline
 // without streaming before it counts as diverged. Following a new
 // timeline normally takes a second or two (the walreceiver fetches the
-// history file and switches). The timeline of a replica whose walreceiver
-// is down is its last restartpoint's, which can trail a switch it did
-// follow, so a healthy replica that loses its primary for this long can
-// be taken for diverged: the price is a stop and a pg_rewind that finds
+// history file and switches). A replica's timeline is the newest it is
+// known to follow (its walreceiver's, remembered by its agent while its
+// postmaster lives, or its minimum recovery point's or restartpoint's),
+// so one that followed a switch says so even with its walreceiver down;
+// one just restarted while its primary is away may still show an older
+// one: the price of a false verdict is a stop and a pg_rewind that finds
 // nothing to do (a running replica's data is never moved aside, see
-// agent.rewind), so the bound is generous.
+// haLoop.rewind), so the bound is generous.
 const divergedAfter = 30 * time.Second
 
 // OldPrimary is what the leader learnt by asking the recorded primary's
@@ -153,6 +155,7 @@ const (
 	ActEnsureSlots                          // create/drop replication slots for the members
 	ActRecordLSN                            // commit the primary's WAL position
 	ActSyncStandbys                         // move the synchronous standby set one step
+	ActClearDemoting                        // clear a demoting mark a switchover left behind
 )
 
 var actionNames = map[ActionKind]string{
@@ -161,6 +164,7 @@ var actionNames = map[ActionKind]string{
 	ActRunPrimary: "run-primary", ActRunReplica: "run-replica", ActPromote: "promote",
 	ActFailover: "failover", ActFence: "fence", ActTransferLeadership: "transfer-leadership",
 	ActEnsureSlots: "ensure-slots", ActRecordLSN: "record-lsn", ActSyncStandbys: "sync-standbys",
+	ActClearDemoting: "clear-demoting",
 }
 
 func (k ActionKind) String() string { return actionNames[k] }
@@ -260,6 +264,13 @@ func decideSelfPrimary(in Input) []Action {
 	}
 	if in.PG.Running && !in.PG.InRecovery {
 		acts := []Action{{Kind: ActRunPrimary}, {Kind: ActEnsureSlots}, {Kind: ActRecordLSN}}
+		if st.Primary.Demoting {
+			// A switchover runs on this very loop between rounds, so a
+			// round that sees the mark while running as primary sees one
+			// an interrupted switchover left (leadership lost half-way,
+			// a restart): proxies hold writes while it stays.
+			acts = append([]Action{{Kind: ActClearDemoting, Reason: "no switchover is in progress"}}, acts...)
+		}
 		if st.Config.SynchronousMode || len(st.SyncSet) > 0 {
 			acts = append(acts, Action{Kind: ActSyncStandbys})
 		}

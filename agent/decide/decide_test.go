@@ -149,6 +149,7 @@ func TestDecide(t *testing.T) {
 		{"primary as leader runs and keeps slots and LSN", Input{Self: "n1", Leader: true, State: fsmState("n1", false), Gossip: allUp, PG: runningPrimary}, "run-primary,ensure-slots,record-lsn", ""},
 		{"primary in synchronous mode also keeps the synchronous set", Input{Self: "n1", Leader: true, State: syncMode(), Gossip: allUp, PG: runningPrimary}, "run-primary,ensure-slots,record-lsn,sync-standbys", ""},
 		{"primary empties the synchronous set after synchronous mode is turned off", Input{Self: "n1", Leader: true, State: withState(func(s *raftfsm.State) { s.SyncSet = []string{"n2"} }), Gossip: allUp, PG: runningPrimary}, "run-primary,ensure-slots,record-lsn,sync-standbys", ""},
+		{"a demoting mark left by an interrupted switchover is cleared", Input{Self: "n1", Leader: true, State: withState(func(s *raftfsm.State) { s.Primary.Demoting = true }), Gossip: allUp, PG: runningPrimary}, "clear-demoting,run-primary,ensure-slots,record-lsn", ""},
 		{"crashed primary as leader restarts", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: stoppedExPrimary}, "run-primary", ""},
 		{"paused: crashed primary is not restarted", Input{Self: "n1", Leader: true, State: paused, PG: stoppedExPrimary}, "wait", "maintenance"},
 		{"paused: a standby the operator made the record holder still promotes", Input{Self: "n1", Leader: true, State: paused, PG: runningReplica}, "promote", ""},

@@ -87,19 +87,27 @@ const (
 type Rule struct {
 	Purpose Purpose
 	// Reference is the primary position lag is measured against:
-	// the last recorded one (FSM) for promotion, the freshest known for
-	// reads.
+	// the last recorded one (FSM) for a failover, the freshest known for
+	// a switchover and for reads.
 	Reference Position
 	// MaxLag bounds how far behind Reference a member may be; negative
 	// skips the bound (an operator's --force).
 	MaxLag int64
 }
 
-// PromotionRule is the rule for promotion in state st: lag against the
-// primary's last known position (see PrimaryPosition), within
-// maximum_lag_on_failover.
+// PromotionRule is the rule for promotion in state st, within
+// maximum_lag_on_failover of a reference position. A failover (the
+// primary is gone) measures against the last position committed to the
+// FSM: every node reads the same one, so every node ranks alike and a
+// leader never hands leadership to a node that judges itself otherwise.
+// A switchover (the primary runs, and the judge is its own leader)
+// measures against its freshest position (see PrimaryPosition).
 func PromotionRule(st raftfsm.State, gossip map[string]membership.Member, p Purpose, force bool) Rule {
-	r := Rule{Purpose: p, Reference: PrimaryPosition(st, gossip), MaxLag: st.Config.MaximumLagOnFailover}
+	ref := RecordedPosition(st)
+	if p == ForSwitchover {
+		ref = PrimaryPosition(st, gossip)
+	}
+	r := Rule{Purpose: p, Reference: ref, MaxLag: st.Config.MaximumLagOnFailover}
 	if force {
 		// An operator's --force takes a replica that is behind, or not
 		// streaming (a switchover still waits for it to receive the
@@ -168,12 +176,18 @@ func Eligible(st raftfsm.State, m MemberView, r Rule) *cluster.IneligibleError {
 	}
 	if st.Primary != nil && st.Primary.Timeline != 0 {
 		tl := st.Primary.Timeline
+		newest := tl
+		if !promoted(st) {
+			// The holder may have promoted (one timeline up) and died
+			// before it could record it; replicas may have followed it.
+			newest = tl + 1
+		}
 		switch {
 		case m.Position.Timeline == 0:
 			return no("reports no timeline (the cluster is on %d)", tl)
 		case m.Position.Timeline < tl:
 			return no("is on timeline %d, older than the cluster's %d", m.Position.Timeline, tl)
-		case m.Position.Timeline > tl:
+		case m.Position.Timeline > newest:
 			return no("is on timeline %d, newer than the cluster's %d: not this cluster's history", m.Position.Timeline, tl)
 		}
 	}
@@ -191,6 +205,18 @@ func Eligible(st raftfsm.State, m MemberView, r Rule) *cluster.IneligibleError {
 		}
 	}
 	return nil
+}
+
+// promoted reports whether the record holder has recorded its promotion
+// in the current epoch (the first primary, which initdb made, has no
+// history entry and needs none).
+func promoted(st raftfsm.State) bool {
+	for i := len(st.History) - 1; i >= 0; i-- {
+		if h := st.History[i]; h.Epoch == st.Primary.Epoch {
+			return !h.PromotedAt.IsZero()
+		}
+	}
+	return true
 }
 
 func describe(r cluster.Role, s cluster.PGState) string {

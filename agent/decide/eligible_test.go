@@ -46,6 +46,14 @@ func TestEligible(t *testing.T) {
 		s.Config.SynchronousMode = true
 		s.SyncSet = []string{"n3"}
 	})
+	// The record moved to n1 in epoch 2, and n1 has not recorded its
+	// promotion (yet, or ever: it may have died right after it).
+	unrecorded := withState(func(s *raftfsm.State) {
+		s.Primary.Timeline, s.Primary.Epoch = 2, 2
+		s.PrimaryLSN = &raftfsm.LSNRecord{LSN: 10_000, Timeline: 2}
+		s.Config.MaximumLagOnFailover = 1000
+		s.History = []raftfsm.HistoryEntry{{Epoch: 2, Old: "n2", New: "n1"}}
+	})
 	promote := PromotionRule(st, nil, ForPromotion, false)
 	switchover := PromotionRule(st, nil, ForSwitchover, false)
 	forced := PromotionRule(st, nil, ForSwitchover, true)
@@ -84,6 +92,8 @@ func TestEligible(t *testing.T) {
 		{"older timeline serves no reads", st, mod(func(v *MemberView) { v.Position = Position{1, 20_000} }), reads, "older than the cluster's 2"},
 		{"older timeline even when forced", st, mod(func(v *MemberView) { v.Position = Position{1, 20_000} }), forced, "older than the cluster's 2"},
 		{"newer timeline than the record", st, mod(func(v *MemberView) { v.Position = Position{3, 20_000} }), promote, "newer than the cluster's 2"},
+		{"one timeline up while the holder's promotion is unrecorded", unrecorded, mod(func(v *MemberView) { v.Position = Position{3, 9_500} }), promote, ""},
+		{"two timelines up even then", unrecorded, mod(func(v *MemberView) { v.Position = Position{4, 9_500} }), promote, "newer than the cluster's 2"},
 		{"no timeline reported", st, mod(func(v *MemberView) { v.Position = Position{0, 9_500} }), promote, "reports no timeline"},
 		{"too far behind the recorded position", st, mod(func(v *MemberView) { v.Position = Position{2, 8_000} }), promote, "2000 bytes behind the primary (maximum_lag_on_failover 1000)"},
 		{"too far behind, forced", st, mod(func(v *MemberView) { v.Position = Position{2, 8_000} }), forced, ""},
@@ -170,7 +180,12 @@ func TestPrimaryPosition(t *testing.T) {
 	st.Primary.Timeline = 2
 	v := MemberView{Name: "n2", Reachable: true, Voter: true, VoterKnown: true, Role: cluster.RoleReplica,
 		State: cluster.StateStreaming, Position: Position{2, 1000}}
-	if err := Eligible(st, v, PromotionRule(st, gossipSays(cluster.RolePrimary, 2, 5000), ForPromotion, false)); err == nil || !strings.Contains(err.Reason, "4000 bytes behind") {
-		t.Fatalf("judged against the record only: %v", err)
+	if err := Eligible(st, v, PromotionRule(st, gossipSays(cluster.RolePrimary, 2, 5000), ForSwitchover, false)); err == nil || !strings.Contains(err.Reason, "4000 bytes behind") {
+		t.Fatalf("a switchover judged against the record only: %v", err)
+	}
+	// A failover judges against the record, the one position every node
+	// reads alike.
+	if err := Eligible(st, v, PromotionRule(st, gossipSays(cluster.RolePrimary, 2, 5000), ForPromotion, false)); err != nil {
+		t.Fatalf("a failover judged against the dead primary's last gossip: %v", err)
 	}
 }

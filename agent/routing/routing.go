@@ -26,8 +26,10 @@ type Input struct {
 
 // runsAsPrimary reports whether the record holder g runs PostgreSQL as
 // the primary: its gossip says so, or the FSM says it promoted in the
-// current epoch after the status its gossip still carries was read. Both
-// dates come from the holder's own clock. The FSM reaches every node one
+// current epoch after the status its gossip still carries was published.
+// Both dates come from the holder's own clock. (Its heartbeat republishes
+// the status every second; one that lands between the promotion and the
+// next status only delays the route to that next status.) The FSM reaches every node one
 // Raft round trip after the promotion, usually before the holder's next
 // gossip does, so the write port follows a switchover sooner; a status
 // read after the promotion (a crash since, say) overrides it.
