@@ -138,12 +138,15 @@ func (a *Agent) Leave(ctx context.Context) error {
 	return nil
 }
 
-// leaveRaft has the leader remove this node and waits until it is gone.
+// leaveRaft has the leader remove this node and waits until it is gone:
+// until its own copy of the configuration no longer has it, or the
+// leader says it removed it (a leader stops replicating to a server it
+// removed, so that copy may never hear of it).
 func (a *Agent) leaveRaft(ctx context.Context) error {
-	if !a.inRaftConfig() {
-		return nil
-	}
 	for {
+		if !a.inRaftConfig() {
+			return nil
+		}
 		var err error
 		if a.raft.IsLeader() {
 			// A leader cannot remove itself cleanly: hand leadership over.
@@ -152,9 +155,9 @@ func (a *Agent) leaveRaft(ctx context.Context) error {
 			err = errors.New("no leader known")
 		} else {
 			err = a.apiClient(addr).Remove(ctx, api.RemoveRequest{Name: a.cfg.Name, Force: true})
-		}
-		if err == nil && !a.inRaftConfig() {
-			return nil
+			if err == nil {
+				return nil
+			}
 		}
 		if err != nil {
 			a.log.Warn("leave: waiting for the leader to remove this node", "err", err)
