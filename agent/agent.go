@@ -22,13 +22,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -103,7 +101,7 @@ type Agent struct {
 // New builds an agent from a validated configuration. It opens Raft and
 // gossip (both start listening) but runs no loop until Run.
 func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, error) {
-	if err := makeDataDir(cfg); err != nil {
+	if err := prepareDataDir(cfg, logger); err != nil {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: logger, wake: make(chan struct{}, 1), routesWake: make(chan struct{}, 1),
@@ -169,6 +167,7 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 		Logger:    logger.With("component", "gossip"),
 		LogOutput: gossipLogOutput(cfg.LogLevel, logOut),
 		Key:       cfg.GossipKey(),
+		OnNotice:  a.noticeLogger(),
 	}, a.baseMeta())
 	if err != nil {
 		return fail(err)
@@ -405,31 +404,6 @@ func advertiseOr(adv, addr string) string {
 		return adv
 	}
 	return addr
-}
-
-// makeDataDir creates the node's data directory when it does not exist.
-// When the agent runs as root it belongs to the PostgreSQL OS user, who
-// must reach the PostgreSQL data directory and the run directory inside.
-func makeDataDir(cfg *config.Config) error {
-	if _, err := os.Stat(cfg.DataDir); err == nil {
-		return nil
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	if os.Geteuid() != 0 {
-		return nil
-	}
-	u, err := user.Lookup(cfg.PostgreSQL.OSUser)
-	if err != nil {
-		return fmt.Errorf("postgresql.os_user %q: %w (create it, e.g. useradd --system postgres)", cfg.PostgreSQL.OSUser, err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	if err := os.Chown(cfg.DataDir, uid, gid); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	return nil
 }
 
 // discardRaftState removes the Raft directory of a node that has left.

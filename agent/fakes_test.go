@@ -189,6 +189,8 @@ type fakeGossip struct {
 
 var _ gossipNet = (*fakeGossip)(nil)
 
+func (g *fakeGossip) Notify(string, string) error { return nil }
+
 func (g *fakeGossip) Members() []membership.Member {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -4,6 +4,8 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"sync"
+	"time"
 
 	"github.com/pgha/pgha/membership"
 )
@@ -54,4 +56,25 @@ func (a *Agent) joinAllowed(name string, m membership.Member) bool {
 		}
 	}
 	return false
+}
+
+// noticeLogger logs what other members tell this one (the leader saying
+// why it will not add this node), each distinct text at most once a
+// minute: without it a refused node would wait without a word.
+func (a *Agent) noticeLogger() func(from, text string) {
+	var mu sync.Mutex
+	last := map[string]time.Time{}
+	return func(from, text string) {
+		mu.Lock()
+		defer mu.Unlock()
+		now := time.Now()
+		if now.Sub(last[text]) < time.Minute {
+			return
+		}
+		if len(last) > 64 {
+			clear(last)
+		}
+		last[text] = now
+		a.log.Warn("the cluster's leader refuses this node", "leader", from, "reason", text)
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/config"
+	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/raftfsm"
 )
 
@@ -57,6 +58,15 @@ func (a *Agent) PatchConfig(ctx context.Context, patch map[string]json.RawMessag
 	a.log.Info("dynamic configuration changed", "patch", patchKeys(patch))
 	a.poke()
 	return toAPIConfig(a.raft.ClusterState()), nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 func patchKeys(p map[string]json.RawMessage) string {
@@ -113,6 +123,20 @@ func mergeConfig(st raftfsm.State, patch map[string]json.RawMessage) (raftfsm.Dy
 				var ps map[string]*json.RawMessage
 				if err = strict("postgresql.parameters", sraw, &ps); err != nil {
 					break
+				}
+				var refused []string
+				for _, name := range sortedKeys(ps) {
+					v := ps[name]
+					if v == nil || string(*v) == "null" {
+						continue
+					}
+					val, _ := paramValue(*v)
+					if why := pgnode.DynamicParameterProblem(name, val); why != "" {
+						refused = append(refused, fmt.Sprintf("%q: %s", name, why))
+					}
+				}
+				if len(refused) > 0 {
+					return cfg, paused, fmt.Errorf("postgresql.parameters refused (never applied): %s", strings.Join(refused, "; "))
 				}
 				for name, v := range ps {
 					if v == nil || string(*v) == "null" {

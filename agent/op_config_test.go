@@ -44,6 +44,16 @@ func TestMergeConfig(t *testing.T) {
 		{`{"maximum_lag_on_failover": "lots"}`, "maximum_lag_on_failover"},
 		{`{"postgresql": {"listen": "x"}}`, "postgresql.listen"},
 		{`{"postgresql": {"parameters": {"work_mem": [1]}}}`, "postgresql.parameters.work_mem"},
+		// What the renderer would skip is refused, not stored for nothing.
+		{`{"postgresql": {"parameters": {"ssl": "off"}}}`, `"ssl": TLS is set per node`},
+		{`{"postgresql": {"parameters": {"hba_file": "/tmp/x"}}}`, `"hba_file": managed by pgha`},
+		{`{"postgresql": {"parameters": {"listen_addresses": "*"}}}`, `"listen_addresses": managed by pgha`},
+		{`{"postgresql": {"parameters": {"Port": "5433"}}}`, `"Port"`},
+		{`{"postgresql": {"parameters": {"work_mem": "4MB\nssl = off"}}}`, `"work_mem": value must not contain line breaks`},
+		{`{"postgresql": {"parameters": {"work_mem\nssl": "off"}}}`, "invalid name"},
+		{`{"postgresql": {"parameters": {"synchronous_standby_names": "*"}}}`, "use synchronous_mode"},
+		{`{"postgresql": {"parameters": {"wal_level": "minimal"}}}`, "replica or logical"},
+		{`{"postgresql": {"parameters": {"ssl": "off", "hba_file": "x"}}}`, `"hba_file": managed by pgha and cannot be set; "ssl"`},
 	} {
 		if _, _, err := mergeConfig(base, patch(bad.patch)); err == nil || !strings.Contains(err.Error(), bad.says) {
 			t.Errorf("patch %s: err = %v, want one mentioning %q", bad.patch, err, bad.says)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/pgha/pgha/agent/decide"
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/cluster"
@@ -183,19 +182,11 @@ func (l *haLoop) waitReceived(ctx context.Context, addr string, lsn uint64, time
 	if err != nil {
 		return err
 	}
-	cfg, err := pgx.ParseConfig("")
-	if err != nil {
-		return err
-	}
-	cfg.Host, cfg.Port = host, uint16(port)
-	cfg.User, cfg.Password, cfg.Database = l.cfg.PostgreSQL.Superuser.Username, l.cfg.PostgreSQL.Superuser.Password, "postgres"
-	cfg.RuntimeParams["application_name"] = "pgha"
-	cfg.ConnectTimeout = 2 * time.Second
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		conn, err := pgx.ConnectConfig(qctx, cfg)
+		conn, err := l.pg.ConnectTo(qctx, host, port)
 		if err == nil {
 			var recv string
 			err = conn.QueryRow(qctx, "SELECT coalesce(pg_last_wal_receive_lsn(), '0/0')::text").Scan(&recv)

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/pgha/pgha/internal/safefile"
 )
 
 // peersFile remembers the gossip addresses of the other members, so a
@@ -47,12 +49,7 @@ func (l *haLoop) savePeers(inRaft map[string]bool) {
 		return
 	}
 	data, _ := json.Marshal(peers)
-	tmp := l.peersPath() + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		l.log.Warn("save peers", "err", err)
-		return
-	}
-	if err := os.Rename(tmp, l.peersPath()); err != nil {
+	if _, err := safefile.Replace(l.peersPath(), data, 0o600, safefile.Keep); err != nil {
 		l.log.Warn("save peers", "err", err)
 		return
 	}

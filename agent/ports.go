@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/jackc/pgx/v5"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -69,6 +70,7 @@ type gossipNet interface {
 	Join(addrs []string) (int, error)
 	RetryJoin(addrs []string)
 	Leave(timeout time.Duration) error
+	Notify(to, text string) error
 	Close() error
 }
 
@@ -92,6 +94,7 @@ type localPG interface {
 	Promote(ctx context.Context) (uint32, error)
 	EnsureSlots(ctx context.Context, want []string) (created, dropped []string, err error)
 	Inspect(ctx context.Context) (pgnode.Inspection, error)
+	ConnectTo(ctx context.Context, host string, port int) (*pgx.Conn, error)
 	Close() error
 }
 

@@ -79,6 +79,7 @@ func newProxy(cfg *config.Config, logger *slog.Logger) (*proxy.Proxy, error) {
 		MaxConn:             cfg.Proxy.MaxConn,
 		ReadFallbackPrimary: cfg.Proxy.ReadFallbackPrimary,
 		Loops:               cfg.Proxy.EventLoops,
+		Allowed:             cfg.ProxyAllowed(),
 		Logger:              logger.With("component", "proxy"),
 	})
 }

@@ -30,6 +30,11 @@ type leaderTerm struct {
 	allowed func(name string, m membership.Member) bool
 	// ask asks a member's API for its health (askPrimary).
 	ask func(ctx context.Context, addr string) (api.HealthInfo, error)
+	// notify tells a member something it cannot learn otherwise (why it
+	// is not added); best effort.
+	notify func(member, text string)
+	// noticed: when each refused member was last told why.
+	noticed map[string]time.Time
 
 	// nonvoters: when this term first saw each non-voter (promoted to
 	// voter once it has caught up for nonvoterSettle).
@@ -52,8 +57,26 @@ func newLeaderTerm(number uint64, a *Agent) *leaderTerm {
 			h, _, err := a.apiClient(addr).Health(ctx)
 			return h, err
 		},
-		nonvoters: map[string]time.Time{}, refused: map[string]string{},
+		notify: func(member, text string) {
+			if err := a.gossip.Notify(member, text); err != nil {
+				a.log.Debug("notify", "member", member, "err", err)
+			}
+		},
+		nonvoters: map[string]time.Time{}, refused: map[string]string{}, noticed: map[string]time.Time{},
 	}
+}
+
+// noticeEvery is how often a refused member is told why again: it may
+// have restarted with a fixed configuration and lost the last notice.
+const noticeEvery = 30 * time.Second
+
+// tell sends name the reason it is refused, at most every noticeEvery.
+func (t *leaderTerm) tell(name, reason string, now time.Time) {
+	if t.notify == nil || now.Sub(t.noticed[name]) < noticeEvery {
+		return
+	}
+	t.noticed[name] = now
+	t.notify(name, reason)
 }
 
 // nonvoterSettle is how long a non-voter must have had Raft state before
@@ -86,6 +109,7 @@ func (t *leaderTerm) reconcile(gossip map[string]membership.Member, servers []ra
 					t.log.Warn("refusing to add a member: it did not prove it holds this cluster's API credentials (api.auth / api.token must match)",
 						"member", name, "raft", m.Meta.Raft, "gossip", m.Addr)
 				}
+				t.tell(name, "not added to the cluster: this node did not prove it holds the cluster's API credentials; api.auth / api.token must be the same as on the other members", now)
 				continue
 			}
 			t.log.Info("adding member to raft as non-voter", "member", name, "raft", m.Meta.Raft)
@@ -95,6 +119,7 @@ func (t *leaderTerm) reconcile(gossip map[string]membership.Member, servers []ra
 				if t.refuseOnce(name, err.Error()) {
 					t.log.Warn("add non-voter", "member", name, "err", err)
 				}
+				t.tell(name, "not added to the cluster: adding it to Raft failed: "+err.Error(), now)
 				continue
 			}
 			delete(t.refused, name)
@@ -133,6 +158,7 @@ func (t *leaderTerm) refuseOnce(name, reason string) bool {
 func (t *leaderTerm) forget(name string) {
 	delete(t.nonvoters, name)
 	delete(t.refused, name)
+	delete(t.noticed, name)
 }
 
 // upsertMember records a member's addresses in the FSM when they changed.

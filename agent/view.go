@@ -252,6 +252,10 @@ func (a *Agent) MetricsSnapshot() metrics.Snapshot {
 		PrimaryChanges: map[string]int{},
 		Proxy:          a.proxy.Stats(),
 	}
+	if a.api != nil {
+		as := a.api.AuthStats()
+		snap.APILoginFailures, snap.APILoginThrottled = as.Failures, as.Throttled
+	}
 	if s.PGRunning && !s.InRecov {
 		snap.CurrentLSN = s.WAL
 	} else if s.PGRunning {

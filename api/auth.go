@@ -3,8 +3,13 @@ package api
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Credentials are what mutating requests must present when the agent is
@@ -24,10 +29,12 @@ type authenticator struct {
 	basic, token [sha256.Size]byte
 	hasBasic     bool
 	hasToken     bool
+	guard        *loginGuard
+	log          *slog.Logger
 }
 
-func newAuthenticator(c Credentials) *authenticator {
-	a := &authenticator{hasBasic: c.Basic != "", hasToken: c.Token != ""}
+func newAuthenticator(c Credentials, log *slog.Logger) *authenticator {
+	a := &authenticator{hasBasic: c.Basic != "", hasToken: c.Token != "", guard: newLoginGuard(), log: log}
 	if a.hasBasic {
 		a.basic = sha256.Sum256([]byte(c.Basic))
 	}
@@ -57,12 +64,25 @@ func (a *authenticator) ok(r *http.Request) bool {
 }
 
 // require wraps a handler that needs credentials: 401 with a
-// WWW-Authenticate challenge without them.
+// WWW-Authenticate challenge without them, 429 while the client's
+// address is throttled for failed logins (checked first, so a throttled
+// guesser learns nothing from its guesses).
 func (a *authenticator) require(next http.HandlerFunc) http.HandlerFunc {
 	if !a.enabled() {
 		return next
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
+		src := clientHost(r)
+		if wait := a.guard.blocked(src, time.Now()); wait > 0 {
+			secs := int(wait.Round(time.Second) / time.Second)
+			if secs < 1 {
+				secs = 1
+			}
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			writeJSON(w, http.StatusTooManyRequests, ErrorBody{
+				Error: fmt.Sprintf("too many failed logins from %s; retry in %d s", src, secs)})
+			return
+		}
 		if !a.ok(r) {
 			if a.hasBasic {
 				w.Header().Set("WWW-Authenticate", `Basic realm="pgha"`)
@@ -72,12 +92,37 @@ func (a *authenticator) require(next http.HandlerFunc) http.HandlerFunc {
 			msg := "credentials required: pass --api-auth USER:PASSWORD (or PGHA_API_AUTH) or --api-token"
 			if r.Header.Get("Authorization") != "" {
 				msg = "wrong credentials"
+				a.failed(r, src)
 			}
 			writeJSON(w, http.StatusUnauthorized, ErrorBody{Error: msg})
 			return
 		}
+		a.guard.succeeded(src)
 		next(w, r)
 	}
+}
+
+// failed records and logs (a few times a minute per address at most) a
+// request that presented wrong credentials.
+func (a *authenticator) failed(r *http.Request, src string) {
+	n, logIt := a.guard.failed(src, time.Now())
+	if !logIt || a.log == nil {
+		return
+	}
+	user := ""
+	if u, _, ok := r.BasicAuth(); ok {
+		user = u
+	}
+	a.log.Warn("API login failed", "from", src, "endpoint", r.Method+" "+r.URL.Path,
+		"user", user, "failures", n, "throttled_after", throttleAfter)
+}
+
+func clientHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 // setAuth adds credentials to an outgoing request.

@@ -100,6 +100,12 @@ type Server struct {
 	log     *slog.Logger
 	client  *http.Client
 	scheme  string // of the leader's API when forwarding
+	auth    *authenticator
+}
+
+// AuthStats returns the failed-login counters.
+func (s *Server) AuthStats() AuthStats {
+	return AuthStats{Failures: s.auth.guard.failures.Load(), Throttled: s.auth.guard.throttled.Load()}
 }
 
 // maxBody bounds request bodies: every request we accept is tiny.
@@ -129,7 +135,8 @@ func New(o Options, b Backend) (*Server, error) {
 	}
 	s := &Server{ln: ln, backend: b, log: o.Logger, scheme: scheme,
 		client: &http.Client{Timeout: 90 * time.Second, Transport: transport}}
-	auth := newAuthenticator(o.Auth)
+	auth := newAuthenticator(o.Auth, o.Logger)
+	s.auth = auth
 	write := auth.require
 	read := func(h http.HandlerFunc) http.HandlerFunc { return h }
 	if o.ProtectReads {
@@ -242,6 +249,12 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	if err != nil {
 		return Errorf(http.StatusBadRequest, "bad request body: %v", err)
 	}
+	// Every request body is an object: null, a list or a bare value
+	// would decode into the zero request and act on defaults nobody
+	// asked for (a null once ran a real switchover).
+	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
+		return Errorf(http.StatusBadRequest, "bad request body: want a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -288,6 +301,12 @@ func (s *Server) handleLeave(w http.ResponseWriter, r *http.Request) {
 
 // leaderOnly decodes a JSON body into req, checks it, runs do, and
 // forwards the request to the leader when do says this node is not it.
+// bodyRequired marks request types whose endpoint acts only on an
+// explicit JSON object, never on an empty body.
+type bodyRequired interface{ bodyRequired() }
+
+func (*SwitchoverRequest) bodyRequired() {}
+
 func leaderOnly[T any](s *Server, w http.ResponseWriter, r *http.Request, check func(*T) error, do func(*T) (any, error)) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
@@ -295,6 +314,10 @@ func leaderOnly[T any](s *Server, w http.ResponseWriter, r *http.Request, check 
 		return
 	}
 	var req T
+	if _, need := any(&req).(bodyRequired); need && len(bytes.TrimSpace(body)) == 0 {
+		writeError(w, Errorf(http.StatusBadRequest, `a JSON object is required, e.g. {} or {"candidate": "node2"}`))
+		return
+	}
 	if len(bytes.TrimSpace(body)) > 0 {
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		if err := decode(w, r, &req); err != nil {

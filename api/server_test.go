@@ -751,3 +751,49 @@ func TestPatchConfig(t *testing.T) {
 		t.Fatalf("empty patch: err = %v, want a 400", err)
 	}
 }
+
+// TestRequestBodiesMustBeObjects: a null, a list or a bare value decodes
+// into the zero request; none may act (a null once ran a switchover).
+// A switchover also needs a body at all.
+func TestRequestBodiesMustBeObjects(t *testing.T) {
+	var switched calls[api.SwitchoverRequest]
+	b := &fakeBackend{SwitchFn: func(_ context.Context, req api.SwitchoverRequest) (api.SwitchoverResult, error) {
+		switched.add(req)
+		return api.SwitchoverResult{}, nil
+	}}
+	addr := startServer(t, b)
+	hc := rawClient(t)
+	for _, c := range []struct{ method, path, body string }{
+		{"POST", "/switchover", "null"},
+		{"POST", "/switchover", ""},
+		{"POST", "/switchover", "[]"},
+		{"POST", "/switchover", `"node2"`},
+		{"POST", "/failover", "null"},
+		{"POST", "/v1/pause", "null"},
+		{"PATCH", "/config", "null"},
+		{"POST", "/v1/join", "[1]"},
+	} {
+		req, _ := http.NewRequest(c.method, "http://"+addr+c.path, strings.NewReader(c.body))
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(data), "JSON object") {
+			t.Errorf("%s %s %q = %d %s, want 400 asking for a JSON object", c.method, c.path, c.body, resp.StatusCode, data)
+		}
+	}
+	if n := len(switched.list()); n != 0 {
+		t.Fatalf("%d switchovers ran on bodies that were not objects", n)
+	}
+	req, _ := http.NewRequest("POST", "http://"+addr+"/switchover", strings.NewReader("{}"))
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || len(switched.list()) != 1 {
+		t.Fatalf("switchover with {} = %d, %d calls; want it to run", resp.StatusCode, len(switched.list()))
+	}
+}

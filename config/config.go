@@ -168,6 +168,9 @@ type Proxy struct {
 	// each a goroutine with its own epoll set);
 	// 0 copies each connection with two goroutines instead.
 	EventLoops int `yaml:"event_loops"`
+	// AllowedNetworks narrows, for the proxy's ports only, the client
+	// networks of postgresql.allowed_networks (which it defaults to).
+	AllowedNetworks []string `yaml:"allowed_networks"`
 }
 
 // Tags are per-member behaviour switches, gossiped and shown in `pgha list`.

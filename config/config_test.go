@@ -395,6 +395,10 @@ func TestValidation(t *testing.T) {
 			"node.yml:4: gossip.key: decodes to 3 bytes; AES needs 16, 24 or 32 (generate one with `pgha keygen`)"},
 		{"tls files incomplete", minimal + "tls:\n  ca_file: /ca.pem\n", nil,
 			"tls.cert_file: required when any tls file is set (tls.ca_file, tls.cert_file and tls.key_file go together)\ntls.key_file: required when any tls file is set (tls.ca_file, tls.cert_file and tls.key_file go together)"},
+		{"proxy network wider than postgres'", minimal + "postgresql:\n  allowed_networks: [10.1.0.0/16]\nproxy:\n  allowed_networks: [10.1.2.0/24, 10.0.0.0/8]\n", nil,
+			`node.yml:6: proxy.allowed_networks: entry 2: 10.0.0.0/8 is not inside postgresql.allowed_networks (10.1.0.0/16): the proxy would let through clients PostgreSQL refuses`},
+		{"plain host line with tls", minimal + "tls:\n  ca_file: /ca.pem\n  cert_file: /c.pem\n  key_file: /k.pem\npostgresql:\n  pg_hba:\n    - hostssl all app 10.0.0.0/8 scram-sha-256\n    - host all app 10.0.0.0/8 scram-sha-256\n", nil,
+			`node.yml:10: postgresql.pg_hba: entry 2: host lines accept sessions without TLS while tls is set; write hostssl`},
 		{"protect reads without auth", minimal + "api:\n  protect_reads: true\n", nil,
 			`node.yml:4: api.protect_reads: needs api.auth or api.token`},
 		{"newline in value", minimal + "postgresql:\n  pg_hba:\n    - |\n      host all all 0.0.0.0/0 trust\n      local all all trust\n", nil,
@@ -547,7 +551,7 @@ func TestKeys(t *testing.T) {
 		t.Error("sections must not be listed as keys")
 	}
 	// Every key can be set through the environment.
-	if n := len(byKey); n != 50 {
+	if n := len(byKey); n != 51 {
 		t.Errorf("got %d keys; update this count when adding settings", n)
 	}
 }

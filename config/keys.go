@@ -124,6 +124,7 @@ var help = map[string]string{
 	"proxy.max_replica_lag":       "replicas further behind than this (e.g. 16MB) leave the read port",
 	"proxy.read_fallback_primary": "send reads to the primary when no replica is healthy",
 	"proxy.max_conn":              "client connection limit of each proxy port",
+	"proxy.allowed_networks":      "client CIDRs the proxy relays for (default and upper bound: postgresql.allowed_networks)",
 	"proxy.event_loops":           "event loops (each a goroutine with its own epoll set) that copy the proxied bytes (default 1; 0: two goroutines per connection)",
 
 	"tls.ca_file":   "PEM file of the cluster CA; peers must present a certificate it signed",

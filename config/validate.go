@@ -158,6 +158,7 @@ func (c *Config) Validate() error {
 	if c.Proxy.EventLoops < 0 || c.Proxy.EventLoops > 64 {
 		v.fail("proxy.event_loops", "must be between 0 and 64, got %d", c.Proxy.EventLoops)
 	}
+	v.proxyNetworks()
 
 	if c.Tags.FailoverPriority < 0 {
 		v.fail("tags.failover_priority", "must be 0 or more, got %d", c.Tags.FailoverPriority)
@@ -314,17 +315,15 @@ func (v *validator) postgres() {
 			v.fail(key, "managed by pgha: %s", hint)
 		}
 	}
-	for i, n := range pg.AllowedNetworks {
-		originKey := fmt.Sprintf("postgresql.allowed_networks[%d]", i)
-		p, err := netip.ParsePrefix(n)
-		switch {
-		case err != nil:
-			v.failAt(originKey, "postgresql.allowed_networks", "entry %d: invalid CIDR %s (write e.g. 10.0.0.0/8 or 10.1.2.3/32)", i+1, quote(n))
-		case p.Masked() != p:
-			// PostgreSQL ignores the host bits; someone who wrote
-			// 10.1.2.3/8 most likely meant a single host, not a /8.
-			v.failAt(originKey, "postgresql.allowed_networks", "entry %d: %s has host bits set; write %s for the network or %s for one host",
-				i+1, quote(n), p.Masked(), netip.PrefixFrom(p.Addr(), p.Addr().BitLen()))
+	v.cidrs("postgresql.allowed_networks", pg.AllowedNetworks)
+	if v.c.TLS.Enabled() {
+		// With TLS, every TCP door of PostgreSQL requires it; a user's
+		// host or hostnossl line would open one without.
+		for i, l := range pg.PgHBA {
+			if f := strings.Fields(l); len(f) > 0 && (f[0] == "host" || f[0] == "hostnossl") {
+				v.failAt(fmt.Sprintf("postgresql.pg_hba[%d]", i), "postgresql.pg_hba",
+					"entry %d: %s lines accept sessions without TLS while tls is set; write hostssl", i+1, f[0])
+			}
 		}
 	}
 	if !pgSizeRE.MatchString(pg.MaxSlotWalKeepSize) {
@@ -333,6 +332,70 @@ func (v *validator) postgres() {
 	if pg.StartTimeout.Duration <= 0 {
 		v.fail("postgresql.start_timeout", "must be positive, got %s", pg.StartTimeout)
 	}
+}
+
+// cidrs checks a list of networks.
+func (v *validator) cidrs(key string, list []string) {
+	for i, n := range list {
+		originKey := fmt.Sprintf("%s[%d]", key, i)
+		p, err := netip.ParsePrefix(n)
+		switch {
+		case err != nil:
+			v.failAt(originKey, key, "entry %d: invalid CIDR %s (write e.g. 10.0.0.0/8 or 10.1.2.3/32)", i+1, quote(n))
+		case p.Masked() != p:
+			// PostgreSQL ignores the host bits; someone who wrote
+			// 10.1.2.3/8 most likely meant a single host, not a /8.
+			v.failAt(originKey, key, "entry %d: %s has host bits set; write %s for the network or %s for one host",
+				i+1, quote(n), p.Masked(), netip.PrefixFrom(p.Addr(), p.Addr().BitLen()))
+		}
+	}
+}
+
+// proxyNetworks checks that proxy.allowed_networks only narrows
+// postgresql.allowed_networks: the proxy must not let through a client
+// PostgreSQL itself would refuse.
+func (v *validator) proxyNetworks() {
+	var outer []netip.Prefix // postgres() reports the bad ones
+	for _, n := range v.c.PostgreSQL.AllowedNetworks {
+		if p, err := netip.ParsePrefix(n); err == nil {
+			outer = append(outer, p)
+		}
+	}
+	v.cidrs("proxy.allowed_networks", v.c.Proxy.AllowedNetworks)
+	for i, n := range v.c.Proxy.AllowedNetworks {
+		p, err := netip.ParsePrefix(n)
+		if err != nil || p.Masked() != p {
+			continue // reported by cidrs
+		}
+		inside := false
+		for _, o := range outer {
+			if o.Bits() <= p.Bits() && o.Contains(p.Addr()) {
+				inside = true
+				break
+			}
+		}
+		if !inside {
+			v.failAt(fmt.Sprintf("proxy.allowed_networks[%d]", i), "proxy.allowed_networks",
+				"entry %d: %s is not inside postgresql.allowed_networks (%s): the proxy would let through clients PostgreSQL refuses",
+				i+1, p, strings.Join(v.c.PostgreSQL.AllowedNetworks, ", "))
+		}
+	}
+}
+
+// ProxyAllowed is the proxy's client allow list: proxy.allowed_networks
+// when set, else postgresql.allowed_networks. Call after Validate.
+func (c *Config) ProxyAllowed() []netip.Prefix {
+	list := c.Proxy.AllowedNetworks
+	if len(list) == 0 {
+		list = c.PostgreSQL.AllowedNetworks
+	}
+	var out []netip.Prefix
+	for _, n := range list {
+		if p, err := netip.ParsePrefix(n); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // portConflicts reports two listeners of this node on the same port,

@@ -302,7 +302,7 @@ func (nd *Node) Client() *api.Client {
 
 // DSN is a libpq URL for nd's PostgreSQL as the superuser.
 func (nd *Node) DSN() string {
-	u := url.URL{Scheme: "postgres", User: url.UserPassword("postgres", superPass), Host: fmt.Sprintf("127.0.0.1:%d", nd.PG), Path: "/postgres", RawQuery: "connect_timeout=3&sslmode=disable"}
+	u := url.URL{Scheme: "postgres", User: url.UserPassword("postgres", superPass), Host: fmt.Sprintf("127.0.0.1:%d", nd.PG), Path: "/postgres", RawQuery: "connect_timeout=3&sslmode=prefer"}
 	return u.String()
 }
 

@@ -9,11 +9,17 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/internal/testutil"
@@ -104,7 +110,7 @@ func TestSecurity(t *testing.T) {
 	c := newCluster(t, 3)
 	tlsDir := filepath.Join(c.Dir, "tls")
 	otherDir := filepath.Join(c.Dir, "tls-other")
-	if out, stderr, code := cli(t, "tls", "init", "--dir", tlsDir, "--nodes", "n1,n2,n3,n5", "--hosts", "n1=127.0.0.1,localhost"); code != 0 {
+	if out, stderr, code := cli(t, "tls", "init", "--dir", tlsDir, "--nodes", "n1,n2,n3,n5,n6", "--hosts", "n1=127.0.0.1,localhost"); code != 0 {
 		t.Fatalf("pgha tls init: exit %d: %s %s", code, out, stderr)
 	}
 	if _, stderr, code := cli(t, "tls", "init", "--dir", otherDir, "--nodes", "n4"); code != 0 {
@@ -206,6 +212,145 @@ func TestSecurity(t *testing.T) {
 		return
 	}
 
+	t.Run("proxy keeps TLS and allowed_networks", func(t *testing.T) {
+		p := c.primaryNode(t)
+		proxyDSN := func(port int, sslmode string) string {
+			return fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?connect_timeout=5&sslmode=%s", superPass, port, sslmode)
+		}
+		// Without TLS through the primary's own proxy: the proxy connects
+		// from this machine's address, and that line is hostssl too.
+		for _, port := range []int{p.Write, p.PG} {
+			_, err := pgConnect(proxyDSN(port, "disable"), "")
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "28000" {
+				t.Errorf("superuser without TLS on port %d: %v, want refused (28000)", port, err)
+			}
+		}
+		conn, err := pgConnect(proxyDSN(p.Write, "require"), "")
+		if err != nil {
+			t.Fatalf("superuser with TLS through the write port: %v", err)
+		}
+		var ssl bool
+		err = conn.QueryRow(context.Background(), "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl)
+		conn.Close(context.Background())
+		if err != nil || !ssl {
+			t.Errorf("session through the write port: ssl=%v, %v", ssl, err)
+		}
+		// From an address outside allowed_networks (the default, loopback
+		// 127.0.0.1 only): the proxy refuses before PostgreSQL is reached,
+		// as PostgreSQL itself does. (sslmode=prefer: the proxy declines
+		// TLS, which it cannot terminate, then answers the plain startup
+		// with its refusal; with require the client gives up on that "no".)
+		for _, port := range []int{p.Write, p.Read, p.PG} {
+			_, err := pgConnect(proxyDSN(port, "prefer"), "127.0.0.2")
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "28000" {
+				t.Errorf("client from 127.0.0.2 on port %d: %v, want refused (28000)", port, err)
+			}
+		}
+		h := metricsText(t, p, opts)
+		// (pgx's prefer tries TLS, then plain: one or two connections.)
+		if !strings.Contains(h, `pgha_proxy_denied_total{port="write"} 1`) && !strings.Contains(h, `pgha_proxy_denied_total{port="write"} 2`) {
+			t.Errorf("the refusal is not counted in /metrics:\n%s", grepLines(h, "pgha_proxy_denied"))
+		}
+		waitLog(t, p, "proxy refused a client outside postgresql.allowed_networks")
+	})
+
+	t.Run("the postgres OS user cannot reach root's files", func(t *testing.T) {
+		// A replica, set up as an installation made before data_dir
+		// belonged to root (data_dir the OS user's, 0700), with the
+		// attacks of the report planted by that user: a link where root
+		// wrote peers.json.tmp, and links at the log and password files.
+		nd := replicaNode(t, c)
+		victim := filepath.Join(c.Dir, "victim")
+		if err := os.WriteFile(victim, []byte("precious"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.Stop(nd)
+		pgUID, pgGID := osUser(t, "postgres")
+		if err := os.Chown(nd.Dir, pgUID, pgGID); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(nd.Dir, 0o700)
+		run := filepath.Join(nd.Dir, "run")
+		asPostgres(t, true, fmt.Sprintf("ln -s %s %s/peers.json.tmp && rm -f %s/postgresql.log %s/pgpass && ln -s %s %s/postgresql.log && ln -s %s %s/pgpass",
+			victim, nd.Dir, run, run, victim, run, victim, run))
+		c.Start(nd)
+		c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
+
+		if b, err := os.ReadFile(victim); err != nil || string(b) != "precious" {
+			t.Fatalf("the root-owned file was overwritten: %q, %v", b, err)
+		}
+		if st, _ := os.Stat(victim); st.Mode().Perm() != 0o600 || st.Sys().(*syscall.Stat_t).Uid != 0 {
+			t.Fatalf("the root-owned file changed hands: %v", st)
+		}
+		checkOwner := func(p string, mode os.FileMode) {
+			st, err := os.Lstat(p)
+			if err != nil {
+				t.Errorf("%s: %v", p, err)
+				return
+			}
+			if st.Sys().(*syscall.Stat_t).Uid != 0 || st.Mode().Perm() != mode {
+				t.Errorf("%s: uid %d mode %v, want root and %v", p, st.Sys().(*syscall.Stat_t).Uid, st.Mode().Perm(), mode)
+			}
+		}
+		checkOwner(nd.Dir, 0o711)
+		checkOwner(filepath.Join(nd.Dir, "raft"), 0o700)
+		checkOwner(filepath.Join(nd.Dir, "raft", "snapshots"), 0o700)
+		for _, f := range []string{"postgresql.log", "pgpass"} {
+			if st, err := os.Lstat(filepath.Join(run, f)); err != nil || !st.Mode().IsRegular() {
+				t.Errorf("run/%s is not a plain file after the restart: %v %v", f, st, err)
+			}
+		}
+		if _, err := os.Lstat(filepath.Join(nd.Dir, "peers.json.tmp")); err == nil {
+			t.Error("the planted peers.json.tmp is still there")
+		}
+		// Now the OS user can neither plant nor swap anything in data_dir.
+		for _, cmd := range []string{
+			"ln -s " + victim + " " + nd.Dir + "/peers.json.tmp",
+			"mv " + nd.Dir + "/raft " + nd.Dir + "/raft.moved",
+			"mkdir " + nd.Dir + "/raft2",
+			"rm -rf " + nd.Dir + "/raft",
+		} {
+			asPostgres(t, false, cmd)
+		}
+
+		// Raft state root does not own is refused, with the reason.
+		c.Stop(nd)
+		db := filepath.Join(nd.Dir, "raft", "raft.db")
+		os.Chown(db, pgUID, pgGID)
+		c.Start(nd)
+		c.WaitExit(nd, 30*time.Second)
+		waitLog(t, nd, "raft state not trusted")
+		os.Chown(db, 0, 0)
+		c.Start(nd)
+		c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
+	})
+
+	t.Run("a node with wrong API credentials is told why", func(t *testing.T) {
+		leader := c.primaryNode(t)
+		n6 := c.addNode("n6")
+		secureNode(n6, tlsDir, keyFile, opts)
+		n6.Env = append(n6.Env, "PGHA_API_AUTH=ops:not-the-cluster-secret")
+		c.Start(n6)
+		defer c.Stop(n6)
+		testutil.WaitFor(t, 30*time.Second, "n6 API up", func() error {
+			_, _, err := n6.Client().Health(context.Background())
+			return err
+		})
+		args := []string{"join", "--api", fmt.Sprintf("127.0.0.1:%d", n6.API), "--ca-file", filepath.Join(tlsDir, tlsconf.CACertFile),
+			"--api-auth", "ops:not-the-cluster-secret", "--timeout", "10s", fmt.Sprintf("127.0.0.1:%d", leader.Gossip)}
+		if out, stderr, code := cli(t, args...); code == 0 {
+			t.Errorf("join with other API credentials succeeded: %s %s", out, stderr)
+		}
+		waitLog(t, n6, "the cluster's leader refuses this node")
+		waitLog(t, n6, "api.auth / api.token must be the same")
+		data, _ := os.ReadFile(leader.LogPath)
+		if n := strings.Count(string(data), "refusing to add a member"); n != 1 {
+			t.Errorf("the leader logged the refusal %d times, want once", n)
+		}
+	})
+
 	leader := c.primaryNode(t)
 
 	t.Run("certificate of another CA cannot join Raft", func(t *testing.T) {
@@ -299,6 +444,94 @@ func TestSecurity(t *testing.T) {
 			}
 		}
 	})
+}
+
+// pgConnect connects to dsn, from localAddr when set.
+func pgConnect(dsn, localAddr string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	if localAddr != "" {
+		d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(localAddr)}}
+		cfg.DialFunc = d.DialContext
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+func grepLines(text, sub string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// osUser returns the uid and gid of an OS user.
+func osUser(t *testing.T, name string) (int, int) {
+	t.Helper()
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Skipf("no OS user %s: %v", name, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return uid, gid
+}
+
+// asPostgres runs a shell command as the postgres OS user (what a
+// database superuser reaches with COPY ... TO PROGRAM) and checks that
+// it succeeds, or fails when allowed is false.
+func asPostgres(t *testing.T, allowed bool, script string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to act as the postgres OS user")
+	}
+	uid, gid := osUser(t, "postgres")
+	cmd := exec.Command("sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	out, err := cmd.CombinedOutput()
+	switch {
+	case allowed && err != nil:
+		t.Fatalf("as postgres: %s: %v: %s", script, err, out)
+	case !allowed && err == nil:
+		t.Errorf("as postgres: %s: succeeded, want it refused", script)
+	}
+}
+
+// replicaNode returns a running replica.
+func replicaNode(t *testing.T, c *Cluster) *Node {
+	t.Helper()
+	ci, err := c.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rs := primaryAndReplicas(c, ci)
+	if len(rs) == 0 {
+		t.Fatal("no replica")
+	}
+	return rs[0]
+}
+
+// metricsText fetches nd's /metrics over https with the cluster's
+// credentials.
+func metricsText(t *testing.T, nd *Node, o *api.ClientOptions) string {
+	t.Helper()
+	hc := &http.Client{Transport: o.Transport, Timeout: 10 * time.Second}
+	req, _ := http.NewRequest("GET", fmt.Sprintf("https://127.0.0.1:%d/metrics", nd.API), nil)
+	user, pass, _ := strings.Cut(secAPIAuth, ":")
+	req.SetBasicAuth(user, pass)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 // refusedWithoutCert reports whether a TLS server on port refuses a

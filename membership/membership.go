@@ -6,6 +6,7 @@
 package membership
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -147,6 +148,9 @@ type Options struct {
 	// means no encryption. With a key every message must be encrypted
 	// with it, both ways: a node with another key or none is refused.
 	Key []byte
+	// OnNotice receives the notices other members send this one with
+	// Notify. It runs on memberlist's receive path: it must not block.
+	OnNotice func(from, text string)
 }
 
 // ErrGossipKey marks a join that failed because the two sides do not use
@@ -223,7 +227,7 @@ func New(o Options, initial Meta) (*Gossip, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gossip{logger: o.Logger, events: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
-	g.meta = &metaDelegate{}
+	g.meta = &metaDelegate{onNotice: o.OnNotice}
 	if _, err := g.meta.set(initial); err != nil {
 		cancel()
 		return nil, err
@@ -427,6 +431,30 @@ func (g *Gossip) Touch(at int64) error {
 	return nil
 }
 
+// noticeTag starts every notice; maxNotice bounds its text so the whole
+// message fits one UDP packet.
+const (
+	noticeTag = "pgha-notice1\x00"
+	maxNotice = 512
+)
+
+// Notify sends member to a short notice (best effort, one UDP packet,
+// encrypted with the gossip key when there is one): for a member that
+// needs to know something and has no other way to learn it, e.g. why
+// the leader will not add it.
+func (g *Gossip) Notify(to, text string) error {
+	if len(text) > maxNotice {
+		text = text[:maxNotice]
+	}
+	for _, n := range g.ml.Members() {
+		if n.Name == to {
+			msg := append([]byte(noticeTag+g.ml.LocalNode().Name+"\x00"), text...)
+			return g.ml.SendBestEffort(n, msg)
+		}
+	}
+	return fmt.Errorf("notify %s: not a gossip member", to)
+}
+
 // LocalMeta returns the metadata this node publishes.
 func (g *Gossip) LocalMeta() Meta { return g.meta.get() }
 
@@ -467,9 +495,10 @@ func (g *Gossip) Close() error {
 }
 
 type metaDelegate struct {
-	mu   sync.Mutex
-	meta Meta
-	raw  []byte
+	mu       sync.Mutex
+	meta     Meta
+	raw      []byte
+	onNotice func(from, text string)
 }
 
 // set stores m and reports whether the encoded form changed. Metadata
@@ -518,7 +547,20 @@ func (d *metaDelegate) NodeMeta(limit int) []byte {
 	}
 	return append([]byte(nil), d.raw...)
 }
-func (d *metaDelegate) NotifyMsg([]byte)                           {}
+
+// NotifyMsg receives a user message: a notice sent with Notify.
+func (d *metaDelegate) NotifyMsg(b []byte) {
+	rest, ok := bytes.CutPrefix(b, []byte(noticeTag))
+	if !ok || d.onNotice == nil {
+		return
+	}
+	from, text, ok := bytes.Cut(rest, []byte{0})
+	if !ok || len(from) == 0 || len(from) > 63 || !utf8.Valid(text) {
+		return
+	}
+	d.onNotice(string(from), string(text))
+}
+
 func (d *metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *metaDelegate) LocalState(join bool) []byte                { return nil }
 func (d *metaDelegate) MergeRemoteState(buf []byte, join bool)     {}

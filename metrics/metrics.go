@@ -58,6 +58,10 @@ type Snapshot struct {
 	Members         int
 
 	Proxy proxy.Stats
+
+	// APILoginFailures counts API requests with wrong credentials,
+	// APILoginThrottled those refused (429) while their address waited.
+	APILoginFailures, APILoginThrottled int64
 }
 
 // Source produces a Snapshot; the agent implements it.
@@ -126,10 +130,13 @@ var (
 	dChanges     = desc("pgha_history_primary_changes", "Primary changes in the retained cluster history (the last 200), by reason; a gauge, since old entries age out.", "reason")
 	dWritable    = desc("pgha_writable_members", "Members that report PostgreSQL accepting writes; more than 1 is a split brain.")
 	dMembers     = desc("pgha_members", "Members known to gossip, by liveness.", "state")
+	dAPIFailures = desc("pgha_api_login_failures_total", "API requests that presented wrong credentials.")
+	dAPIThrottle = desc("pgha_api_login_throttled_total", "API requests refused (429) because their address failed to log in too often.")
 
 	dProxyCurrent   = desc("pgha_proxy_connections", "Open client connections of a proxy port (held ones included).", "port")
 	dProxyTotal     = desc("pgha_proxy_connections_total", "Client connections accepted by a proxy port.", "port")
-	dProxyRefused   = desc("pgha_proxy_refused_total", "Client connections the proxy refused itself (port full, hold expired, no backend).", "port")
+	dProxyRefused   = desc("pgha_proxy_refused_total", "Client connections the proxy refused itself (port full, hold expired, no backend, address not allowed).", "port")
+	dProxyDenied    = desc("pgha_proxy_denied_total", "Client connections the proxy refused because their address is outside postgresql.allowed_networks.", "port")
 	dProxyHeldNow   = desc("pgha_proxy_held_connections", "Client connections held waiting for a primary.", "port")
 	dProxyHeld      = desc("pgha_proxy_held_total", "Client connections that had to wait for a primary.", "port")
 	dProxyHoldSecs  = desc("pgha_proxy_hold_seconds_total", "Time clients spent held waiting for a primary.", "port")
@@ -149,8 +156,8 @@ type collector struct{ src Source }
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dInfo, dPrimary, dReplica, dRole, dSync, dPGUp, dPaused, dPending, dTimeline,
 		dCurrentLSN, dReceiveLSN, dReplayLSN, dLagBytes, dLagSeconds, dRaftState, dRaftLeader, dRaftTerm, dRaftLast,
-		dRaftCommit, dRaftApplied, dRaftContact, dRaftVoters, dChanges, dWritable, dMembers,
-		dProxyCurrent, dProxyTotal, dProxyRefused, dProxyHeldNow, dProxyHeld, dProxyHoldSecs, dLoopBusy, dLoopSessions,
+		dRaftCommit, dRaftApplied, dRaftContact, dRaftVoters, dChanges, dWritable, dMembers, dAPIFailures, dAPIThrottle,
+		dProxyCurrent, dProxyTotal, dProxyRefused, dProxyDenied, dProxyHeldNow, dProxyHeld, dProxyHoldSecs, dLoopBusy, dLoopSessions,
 		dBackendCurrent, dBackendTotal, dBackendBytes, dBackendErrors} {
 		ch <- d
 	}
@@ -197,6 +204,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(dRaftLast, float64(s.RaftLastIndex))
 	gauge(dRaftCommit, float64(s.RaftCommit))
 	gauge(dRaftApplied, float64(s.RaftApplied))
+	counter(dAPIFailures, float64(s.APILoginFailures))
+	counter(dAPIThrottle, float64(s.APILoginThrottled))
 	contact := -1.0
 	if s.RaftLastContact >= 0 {
 		contact = s.RaftLastContact.Seconds()
@@ -225,6 +234,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dProxyCurrent, float64(p.st.Current), p.name)
 		counter(dProxyTotal, float64(p.st.Total), p.name)
 		counter(dProxyRefused, float64(p.st.Refused), p.name)
+		counter(dProxyDenied, float64(p.st.Denied), p.name)
 		gauge(dProxyHeldNow, float64(p.st.HeldNow), p.name)
 		counter(dProxyHeld, float64(p.st.HeldTotal), p.name)
 		counter(dProxyHoldSecs, p.st.HoldSecondsTotal, p.name)

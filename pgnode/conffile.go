@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgha/pgha/internal/safefile"
 )
 
 // Role is what WriteConfig configures PostgreSQL as.
@@ -248,7 +250,7 @@ func (n *Node) writeConfig(d Desired) (ConfigChange, error) {
 func splitDynamic(params map[string]string) (accepted map[string]string, ignored []string) {
 	accepted = make(map[string]string, len(params))
 	for k, v := range params {
-		if protected[k] || !paramKeyRe.MatchString(k) || hasControl(v) || k == "synchronous_standby_names" {
+		if DynamicParameterProblem(k, v) != "" {
 			ignored = append(ignored, k)
 			continue
 		}
@@ -468,13 +470,17 @@ func (n *Node) renderHBA() []byte {
 		fmt.Fprintf(&b, "%-7s %-12s %-14s %-20s %s\n", typ, db, usr, addr, method)
 	}
 	su, ru := `"`+n.cfg.Superuser+`"`, `"`+n.cfg.ReplUser+`"`
-	b.WriteString("# this machine: the agent's management connection (superuser), a replica on the same host\n")
-	line("host", "all", su, "samehost", "scram-sha-256")
-	line("host", "replication", ru, "samehost", "scram-sha-256")
+	// With TLS every TCP line is hostssl, this machine's too: the proxy
+	// on this node connects from this machine's address on behalf of
+	// clients from anywhere, so a plain host line here would let them
+	// in without TLS.
 	network := "host"
 	if n.cfg.TLS.Enabled() {
 		network = "hostssl"
 	}
+	b.WriteString("# this machine: the agent's management connection (superuser), a replica on the same host\n")
+	line(network, "all", su, "samehost", "scram-sha-256")
+	line(network, "replication", ru, "samehost", "scram-sha-256")
 	if len(n.cfg.AllowedNetworks) > 0 {
 		if network == "hostssl" {
 			b.WriteString("# postgresql.allowed_networks, TLS required: replicas streaming, pg_rewind and clients\n")
@@ -512,56 +518,14 @@ func (n *Node) writePassFile() error {
 
 // writeFileAtomic replaces path with data (0600, owned by the OS user) via
 // a temp file, fsync and rename, so PostgreSQL never reads a torn file.
-// It does nothing if the content is already identical.
+// It does nothing if the content is already identical. The directories
+// it writes in belong to the OS user, so it never writes through a path
+// that user may have turned into a link (see internal/safefile).
 func (n *Node) writeFileAtomic(path string, data []byte) (changed bool, err error) {
-	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, data) {
-		return false, n.ensureOwned(path)
-	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return false, err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			os.Remove(tmp)
-		}
-	}()
-	_, werr := f.Write(data)
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		return false, err
-	}
-	if err := n.chown(tmp); err != nil {
-		return false, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return false, err
-	}
-	syncDir(dir)
-	return true, nil
+	return safefile.Replace(path, data, 0o600, n.owner())
 }
 
-// ensureOwned fixes ownership of an unchanged file (e.g. a pgpass left by
-// a run as another user) so the OS user can still read it.
-func (n *Node) ensureOwned(path string) error {
-	if !n.asRoot {
-		return nil
-	}
-	return n.chown(path)
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-}
+func syncDir(dir string) { safefile.SyncDir(dir) }
 
 // PendingRestart reports whether PostgreSQL has settings that change only
 // at the next restart (pg_settings.pending_restart).

@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -259,6 +260,29 @@ func (c Config) Validate() error {
 		return fmt.Errorf("pgnode config: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// DynamicParameterProblem says why a setting of the cluster-wide dynamic
+// configuration would never be applied ("" when it would): the same rule
+// that makes the renderer skip it, so PATCH /config can refuse it before
+// it is committed instead of storing it for nothing.
+func DynamicParameterProblem(k, v string) string {
+	lk := strings.ToLower(k)
+	switch {
+	case !paramKeyRe.MatchString(k):
+		return "invalid name (lower-case letters, digits, '_' and '.'; no spaces or control characters)"
+	case protected[lk]:
+		return "managed by pgha and cannot be set"
+	case slices.Contains(tlsParams, lk):
+		return "TLS is set per node with tls: in its configuration (pgha tls init)"
+	case lk == "synchronous_standby_names":
+		return "managed by pgha: use synchronous_mode and synchronous_node_count"
+	case hasControl(v):
+		return "value must not contain line breaks or other control characters"
+	case lk == "wal_level" && v != "replica" && v != "logical":
+		return "replication needs wal_level replica or logical"
+	}
+	return ""
 }
 
 func hasControl(s string) bool {

@@ -303,8 +303,7 @@ func (n *Node) initdb(ctx context.Context) error {
 	}
 	defer os.Remove(pw.Name())
 	_, werr := pw.WriteString(n.cfg.SuperuserPassword + "\n")
-	cerr := pw.Close()
-	if err := errors.Join(werr, cerr, os.Chmod(pw.Name(), 0o600), n.chown(pw.Name())); err != nil {
+	if err := errors.Join(werr, pw.Chmod(0o600), n.owner().Chown(pw), pw.Close()); err != nil {
 		return fmt.Errorf("initdb: password file: %w", err)
 	}
 	n.log.Info("running initdb", "data_dir", n.cfg.DataDir)

@@ -23,6 +23,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pgha/pgha/internal/safefile"
 )
 
 // Sentinel errors; match them with errors.Is.
@@ -335,15 +337,13 @@ func tailLines(s string, max int) string {
 	return strings.Join(lines, "\n")
 }
 
-// chown gives a path we created to the OS user when running as root.
-func (n *Node) chown(path string) error {
+// owner is who the files pgnode creates belong to: the OS user when the
+// agent runs as root, else whoever runs it.
+func (n *Node) owner() safefile.Owner {
 	if !n.asRoot {
-		return nil
+		return safefile.Keep
 	}
-	if err := os.Lchown(path, int(n.cred.Uid), int(n.cred.Gid)); err != nil {
-		return fmt.Errorf("chown %s: %w", path, err)
-	}
-	return nil
+	return safefile.Owner{UID: int(n.cred.Uid), GID: int(n.cred.Gid)}
 }
 
 // ensureDir creates dir 0700 owned by the OS user if it is missing, and
@@ -357,22 +357,18 @@ func (n *Node) ensureDir(dir string, fix bool) (created bool, err error) {
 		return false, fmt.Errorf("%s: not a directory", dir)
 	case err == nil:
 		if fix {
-			if err := os.Chmod(dir, 0o700); err != nil {
-				return false, err
-			}
-			return false, n.chown(dir)
+			// Through a descriptor: the dir's parent may belong to the
+			// OS user, who could have swapped dir for a link.
+			return false, safefile.FixDir(dir, 0o700, n.owner())
 		}
 		return false, nil
 	case !errors.Is(err, fs.ErrNotExist):
 		return false, err
 	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+	if err := safefile.MkdirAll(dir, 0o700, n.owner()); err != nil {
 		return false, err
 	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return false, err
-	}
-	return true, n.chown(dir)
+	return true, nil
 }
 
 func (n *Node) ensureRunDir() error {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgha/pgha/internal/safefile"
 )
 
 // StopMode is PostgreSQL's shutdown mode.
@@ -175,13 +177,9 @@ func (n *Node) launch(ctx context.Context) (*postmaster, error) {
 	if err := n.ensureRunDir(); err != nil {
 		return nil, err
 	}
-	logf, err := os.OpenFile(n.LogFile(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	logf, err := safefile.OpenAppend(n.LogFile(), 0o600, n.owner())
 	if err != nil {
 		return nil, fmt.Errorf("log file: %w", err)
-	}
-	if err := n.chown(n.LogFile()); err != nil {
-		logf.Close()
-		return nil, err
 	}
 	off, _ := logf.Seek(0, io.SeekEnd)
 

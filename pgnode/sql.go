@@ -55,6 +55,13 @@ func (n *Node) Connect(ctx context.Context) (*pgx.Conn, error) {
 	return n.connectTo(ctx, n.connectHost(), n.cfg.Port)
 }
 
+// ConnectTo opens a management connection to another member's
+// PostgreSQL, with this node's credentials and TLS (every TCP line of
+// pg_hba.conf requires TLS when the cluster has it).
+func (n *Node) ConnectTo(ctx context.Context, host string, port int) (*pgx.Conn, error) {
+	return n.connectTo(ctx, host, port)
+}
+
 // connectTo opens a management connection to any member's PostgreSQL
 // (they share the superuser credentials), e.g. a rewind source.
 func (n *Node) connectTo(ctx context.Context, host string, port int) (*pgx.Conn, error) {

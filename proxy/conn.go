@@ -290,6 +290,21 @@ func (p *Proxy) refuseFull(pt *port, c *net.TCPConn) {
 	reply(c, nil, "53300", "too many connections through the pgha proxy")
 }
 
+// refuseDenied answers a client from outside the allowed networks with
+// 28000, the code PostgreSQL gives when no pg_hba.conf line matches.
+func (p *Proxy) refuseDenied(pt *port, c *net.TCPConn) {
+	defer p.wg.Done()
+	defer pt.refusing.Add(-1)
+	defer c.Close()
+	defer closeOnDone(p.root, c)()
+	client := c.RemoteAddr().String()
+	warnEvery(&pt.lastDeniedWarn, func() {
+		p.log.Warn("proxy refused a client outside postgresql.allowed_networks", "port", pt.name, "client", client)
+	})
+	host, _, _ := net.SplitHostPort(client)
+	reply(c, nil, "28000", fmt.Sprintf("pgha proxy: no access for host %q: not in postgresql.allowed_networks", host))
+}
+
 // reply reads the client's startup packet (briefly), sends a FATAL
 // ErrorResponse and half-closes so that the client reads it before the
 // caller closes the socket.

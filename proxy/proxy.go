@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -57,8 +58,14 @@ type Config struct {
 	// DESIGN.md, "The event loop"); 0 copies each connection with two
 	// goroutines instead, the only way off Linux. The same meaning as the
 	// proxy.event_loops setting, whose default (1) is the configuration's.
-	Loops  int
-	Logger *slog.Logger
+	Loops int
+	// Allowed are the client networks the proxy relays for; a client
+	// from any other address is refused before a byte reaches a backend.
+	// PostgreSQL sees the proxy's address, not the client's, so its own
+	// pg_hba.conf cannot make this check. Empty allows every address
+	// (tests); the agent always passes postgresql.allowed_networks.
+	Allowed []netip.Prefix
+	Logger  *slog.Logger
 }
 
 const (
@@ -323,6 +330,24 @@ func (p *Proxy) ports() []*port {
 	return ps
 }
 
+// allowed reports whether c's client address is in cfg.Allowed.
+func (p *Proxy) allowed(c *net.TCPConn) bool {
+	if len(p.cfg.Allowed) == 0 {
+		return true
+	}
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap()
+	for _, n := range p.cfg.Allowed {
+		if n.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
 func (p *Proxy) acceptLoop(pt *port) {
 	defer p.wg.Done()
 	var backoff time.Duration
@@ -351,6 +376,18 @@ func (p *Proxy) acceptLoop(pt *port) {
 		}
 		backoff = 0
 		pt.total.Add(1)
+		if !p.allowed(c) {
+			pt.denied.Add(1)
+			pt.refused.Add(1)
+			if pt.refusing.Add(1) > maxRefusing {
+				pt.refusing.Add(-1)
+				c.Close()
+				continue
+			}
+			p.wg.Add(1)
+			go p.refuseDenied(pt, c)
+			continue
+		}
 		if pt.current.Add(1) > int64(p.cfg.MaxConn) {
 			pt.current.Add(-1)
 			pt.refused.Add(1)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -729,5 +730,37 @@ func TestLoopCounters(t *testing.T) {
 	g, _ := startProxy(t, proxy.Config{Loops: goroutineCopy})
 	if n := len(g.Stats().Loops); n != 0 {
 		t.Errorf("goroutine copy reports %d loops", n)
+	}
+}
+
+// TestClientOutsideAllowedNetworksRefused28000: PostgreSQL sees the
+// proxy's address, so the proxy itself must refuse a client outside the
+// allowed networks, before a byte reaches the backend.
+func TestClientOutsideAllowedNetworksRefused28000(t *testing.T) {
+	checkLeaks(t)
+	a := newFake(t, "a")
+	p, _ := startProxy(t, proxy.Config{Allowed: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	w, r := p.Addrs()
+	p.SetRoutes(proxy.Routes{Primary: a.ptr(), Replicas: []proxy.Backend{a.backend()}})
+	for _, addr := range []string{w, r} {
+		_, err := pgx.Connect(t.Context(), fmt.Sprintf("postgres://app@%s/postgres?sslmode=disable&connect_timeout=5", addr))
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "28000" || !strings.Contains(pgErr.Message, "allowed_networks") {
+			t.Fatalf("client from 127.0.0.1 = %v, want SQLSTATE 28000 naming allowed_networks", err)
+		}
+	}
+	if st := p.Stats(); st.Write.Denied != 1 || st.Read.Denied != 1 || st.Write.Refused != 1 {
+		t.Errorf("stats = %+v / %+v, want one denied per port", st.Write, st.Read)
+	}
+	if st := p.Stats(); st.Write.Backends["a"].Total != 0 || st.Read.Backends["a"].Total != 0 {
+		t.Errorf("a denied client reached the backend: %+v", st)
+	}
+
+	// A client inside the list gets through.
+	p2, _ := startProxy(t, proxy.Config{Allowed: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	w2, _ := p2.Addrs()
+	p2.SetRoutes(proxy.Routes{Primary: a.ptr()})
+	if _, name := session(t, w2); name != "a" {
+		t.Fatal("an allowed client did not reach the primary")
 	}
 }

@@ -40,6 +40,8 @@ type port struct {
 	addr string
 
 	current, total, refused atomic.Int64
+	denied                  atomic.Int64 // refused for their address (also in refused)
+	lastDeniedWarn          atomic.Int64
 	heldNow, heldTotal      atomic.Int64
 	holdNanos, refusing     atomic.Int64
 	lastWarn                atomic.Int64 // unix nanos of the last "port full" warning

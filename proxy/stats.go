@@ -29,6 +29,7 @@ type PortStats struct {
 	Current          int64                   `json:"current"`
 	Total            int64                   `json:"total"`
 	Refused          int64                   `json:"refused"`
+	Denied           int64                   `json:"denied"` // refused for the client's address (counted in Refused too)
 	HeldNow          int64                   `json:"held_now"`
 	HeldTotal        int64                   `json:"held_total"`
 	HoldSecondsTotal float64                 `json:"hold_seconds_total"`
@@ -68,6 +69,7 @@ func (pt *port) snapshot() PortStats {
 		Current:          pt.current.Load(),
 		Total:            pt.total.Load(),
 		Refused:          pt.refused.Load(),
+		Denied:           pt.denied.Load(),
 		HeldNow:          pt.heldNow.Load(),
 		HeldTotal:        pt.heldTotal.Load(),
 		HoldSecondsTotal: time.Duration(pt.holdNanos.Load()).Seconds(),

@@ -115,6 +115,12 @@ func Open(o Options) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("snapshot store: %w", err)
 	}
+	// The snapshot store makes its directory 0755; the snapshots hold
+	// the whole cluster state, which no other user needs to read.
+	if err := os.Chmod(filepath.Join(o.Dir, "snapshots"), 0o700); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("snapshot store: %w", err)
+	}
 	hadState, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
 		store.Close()

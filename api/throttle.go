@@ -1,0 +1,114 @@
+package api
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Failed API logins are throttled per client address, as sshd's
+// MaxStartups and fail2ban would: after throttleAfter failures in a row
+// an address waits, twice as long after each further failure, up to
+// maxThrottle, and a throttled request is answered 429 without its
+// credentials being checked. A success clears the address. Guessing a
+// password then costs hours, not seconds, while an operator who mistyped
+// waits a second or two.
+const (
+	throttleAfter = 5
+	maxThrottle   = 60 * time.Second
+	// forgetAfter drops an address that has been quiet this long.
+	forgetAfter = 10 * time.Minute
+	// maxTracked bounds the table; beyond it the quietest addresses go.
+	maxTracked = 4096
+	// logEvery bounds the log lines per address.
+	logEvery = 30 * time.Second
+)
+
+type loginGuard struct {
+	mu        sync.Mutex
+	addrs     map[string]*loginRecord
+	failures  atomic.Int64 // requests with wrong credentials
+	throttled atomic.Int64 // requests answered 429
+}
+
+type loginRecord struct {
+	failures     int
+	until, last  time.Time
+	lastLog      time.Time
+	sinceLastLog int
+}
+
+func newLoginGuard() *loginGuard { return &loginGuard{addrs: map[string]*loginRecord{}} }
+
+// blocked returns how long src must still wait (0: not throttled).
+func (g *loginGuard) blocked(src string, now time.Time) time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	r := g.addrs[src]
+	if r == nil || !now.Before(r.until) {
+		return 0
+	}
+	g.throttled.Add(1)
+	return r.until.Sub(now)
+}
+
+// failed counts a failure; it returns the address's failures in a row
+// and whether this one should be logged.
+func (g *loginGuard) failed(src string, now time.Time) (int, bool) {
+	g.failures.Add(1)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	r := g.addrs[src]
+	if r == nil {
+		g.evict(now)
+		r = &loginRecord{}
+		g.addrs[src] = r
+	}
+	r.failures++
+	r.last = now
+	r.sinceLastLog++
+	if over := r.failures - throttleAfter; over >= 0 {
+		d := maxThrottle
+		if over < 6 {
+			d = min(time.Second<<over, maxThrottle)
+		}
+		r.until = now.Add(d)
+	}
+	if now.Sub(r.lastLog) < logEvery {
+		return r.failures, false
+	}
+	r.lastLog, r.sinceLastLog = now, 0
+	return r.failures, true
+}
+
+func (g *loginGuard) succeeded(src string) {
+	g.mu.Lock()
+	delete(g.addrs, src)
+	g.mu.Unlock()
+}
+
+// evict makes room: quiet addresses first, then, if every address is
+// active, the one quiet longest. Called with g.mu held.
+func (g *loginGuard) evict(now time.Time) {
+	if len(g.addrs) < maxTracked {
+		return
+	}
+	var oldest string
+	for a, r := range g.addrs {
+		if now.Sub(r.last) > forgetAfter && now.After(r.until) {
+			delete(g.addrs, a)
+			continue
+		}
+		if oldest == "" || r.last.Before(g.addrs[oldest].last) {
+			oldest = a
+		}
+	}
+	if len(g.addrs) >= maxTracked && oldest != "" {
+		delete(g.addrs, oldest)
+	}
+}
+
+// AuthStats are the API's login counters, for /metrics.
+type AuthStats struct {
+	Failures, Throttled int64
+}
