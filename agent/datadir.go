@@ -46,7 +46,7 @@ func prepareDataDir(cfg *config.Config, log *slog.Logger) error {
 		if err := safefile.MkdirAll(dir, dataDirPerm, root); err != nil {
 			return fmt.Errorf("data dir: %w", err)
 		}
-		return nil
+		return checkPGDataDir(cfg.PostgreSQL.DataDir)
 	case err != nil:
 		return fmt.Errorf("data dir: %w", err)
 	case !st.IsDir():
@@ -72,6 +72,18 @@ func prepareDataDir(cfg *config.Config, log *slog.Logger) error {
 				"inspect %s, then chown -R root:root it, or move it away so that this node joins afresh", err, raftDir)
 		}
 	}
+	// run/ holds only what the agent regenerates: a link there (planted
+	// under the old layout) is dropped, not followed.
+	runDir := filepath.Join(real, "run")
+	if fi, err := os.Lstat(runDir); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		if err := os.Remove(runDir); err != nil {
+			return fmt.Errorf("data dir: remove the link %s: %w", runDir, err)
+		}
+		log.Warn("dropped a link planted as the run directory", "path", runDir)
+	}
+	if err := checkPGDataDir(cfg.PostgreSQL.DataDir); err != nil {
+		return err
+	}
 	// peers.json is only a cache of addresses: one root did not write is
 	// dropped, as is the temporary file of an older version.
 	for _, name := range []string{peersFile, peersFile + ".tmp"} {
@@ -89,6 +101,18 @@ func prepareDataDir(cfg *config.Config, log *slog.Logger) error {
 				log.Warn("dropped a peers file root did not write", "path", p)
 			}
 		}
+	}
+	return nil
+}
+
+// checkPGDataDir refuses a PostgreSQL data directory that the OS user
+// could swap for a link while root writes in it (postgresql.conf,
+// pg_hba.conf, a clone): the directory itself and every directory above
+// it must be root's alone.
+func checkPGDataDir(dir string) error {
+	if err := safefile.CheckPrivateAncestors(dir); err != nil {
+		return fmt.Errorf("postgresql.data_dir %s: %v: the PostgreSQL OS user could swap the data directory for a link while root writes in it; "+
+			"put it under directories only root can change (the default, data_dir/pgdata, is)", dir, err)
 	}
 	return nil
 }

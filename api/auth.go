@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -72,9 +73,11 @@ func (a *authenticator) require(next http.HandlerFunc) http.HandlerFunc {
 		return next
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
-		src := clientHost(r)
-		if wait := a.guard.blocked(src, time.Now()); wait > 0 {
-			secs := int(wait.Round(time.Second) / time.Second)
+		src := clientKey(r)
+		presented := r.Header.Get("Authorization") != ""
+		res := a.guard.attempt(src, time.Now(), presented, func() bool { return a.ok(r) })
+		if res.wait > 0 {
+			secs := int(res.wait.Round(time.Second) / time.Second)
 			if secs < 1 {
 				secs = 1
 			}
@@ -83,30 +86,28 @@ func (a *authenticator) require(next http.HandlerFunc) http.HandlerFunc {
 				Error: fmt.Sprintf("too many failed logins from %s; retry in %d s", src, secs)})
 			return
 		}
-		if !a.ok(r) {
+		if !res.ok {
 			if a.hasBasic {
 				w.Header().Set("WWW-Authenticate", `Basic realm="pgha"`)
 			} else {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="pgha"`)
 			}
 			msg := "credentials required: pass --api-auth USER:PASSWORD (or PGHA_API_AUTH) or --api-token"
-			if r.Header.Get("Authorization") != "" {
+			if presented {
 				msg = "wrong credentials"
-				a.failed(r, src)
+				a.logFailure(r, src, res)
 			}
 			writeJSON(w, http.StatusUnauthorized, ErrorBody{Error: msg})
 			return
 		}
-		a.guard.succeeded(src)
 		next(w, r)
 	}
 }
 
-// failed records and logs (a few times a minute per address at most) a
-// request that presented wrong credentials.
-func (a *authenticator) failed(r *http.Request, src string) {
-	n, logIt := a.guard.failed(src, time.Now())
-	if !logIt || a.log == nil {
+// logFailure logs a request that presented wrong credentials (a few
+// times a minute per address at most).
+func (a *authenticator) logFailure(r *http.Request, src string, res attemptResult) {
+	if !res.logIt || a.log == nil {
 		return
 	}
 	user := ""
@@ -114,7 +115,19 @@ func (a *authenticator) failed(r *http.Request, src string) {
 		user = u
 	}
 	a.log.Warn("API login failed", "from", src, "endpoint", r.Method+" "+r.URL.Path,
-		"user", user, "failures", n, "throttled_after", throttleAfter)
+		"user", user, "failures", res.failures, "throttled_after", throttleAfter)
+}
+
+// clientKey is what failed logins are counted by: the client's IPv4
+// address, or its IPv6 /64 (one host commonly holds a whole /64, so a
+// single address would let it rotate through 2^64 of them).
+func clientKey(r *http.Request) string {
+	host := clientHost(r)
+	if a, err := netip.ParseAddr(host); err == nil && a.Is6() && !a.Is4In6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return host
 }
 
 func clientHost(r *http.Request) string {

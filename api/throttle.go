@@ -32,33 +32,43 @@ type loginGuard struct {
 }
 
 type loginRecord struct {
-	failures     int
-	until, last  time.Time
-	lastLog      time.Time
-	sinceLastLog int
+	failures    int
+	until, last time.Time
+	lastLog     time.Time
 }
 
 func newLoginGuard() *loginGuard { return &loginGuard{addrs: map[string]*loginRecord{}} }
 
-// blocked returns how long src must still wait (0: not throttled).
-func (g *loginGuard) blocked(src string, now time.Time) time.Duration {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	r := g.addrs[src]
-	if r == nil || !now.Before(r.until) {
-		return 0
-	}
-	g.throttled.Add(1)
-	return r.until.Sub(now)
+// attemptResult is what one authentication attempt came to.
+type attemptResult struct {
+	ok       bool
+	wait     time.Duration // > 0: throttled, credentials not checked
+	failures int           // failures in a row from this address
+	logIt    bool          // this failure should be logged
 }
 
-// failed counts a failure; it returns the address's failures in a row
-// and whether this one should be logged.
-func (g *loginGuard) failed(src string, now time.Time) (int, bool) {
-	g.failures.Add(1)
+// attempt checks one request's credentials for src, under the guard's
+// lock: the throttle decision, the check and the count are one step, so
+// requests sent all at once when a wait ends get one guess between them,
+// not one each. check is a constant-time digest comparison (about a
+// microsecond); presented says whether the request carried credentials
+// at all (a request without is a 401 but no failure).
+func (g *loginGuard) attempt(src string, now time.Time, presented bool, check func() bool) attemptResult {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	r := g.addrs[src]
+	if r != nil && now.Before(r.until) {
+		g.throttled.Add(1)
+		return attemptResult{wait: r.until.Sub(now), failures: r.failures}
+	}
+	if check() {
+		delete(g.addrs, src)
+		return attemptResult{ok: true}
+	}
+	if !presented {
+		return attemptResult{}
+	}
+	g.failures.Add(1)
 	if r == nil {
 		g.evict(now)
 		r = &loginRecord{}
@@ -66,7 +76,6 @@ func (g *loginGuard) failed(src string, now time.Time) (int, bool) {
 	}
 	r.failures++
 	r.last = now
-	r.sinceLastLog++
 	if over := r.failures - throttleAfter; over >= 0 {
 		d := maxThrottle
 		if over < 6 {
@@ -74,17 +83,11 @@ func (g *loginGuard) failed(src string, now time.Time) (int, bool) {
 		}
 		r.until = now.Add(d)
 	}
-	if now.Sub(r.lastLog) < logEvery {
-		return r.failures, false
+	res := attemptResult{failures: r.failures}
+	if now.Sub(r.lastLog) >= logEvery {
+		r.lastLog, res.logIt = now, true
 	}
-	r.lastLog, r.sinceLastLog = now, 0
-	return r.failures, true
-}
-
-func (g *loginGuard) succeeded(src string) {
-	g.mu.Lock()
-	delete(g.addrs, src)
-	g.mu.Unlock()
+	return res
 }
 
 // evict makes room: quiet addresses first, then, if every address is

@@ -14,38 +14,53 @@ import (
 	"time"
 )
 
+func wrong() bool { return false }
+func right() bool { return true }
+
 func TestLoginGuardBacksOff(t *testing.T) {
 	g := newLoginGuard()
 	now := time.Unix(1000, 0)
 	for i := 1; i < throttleAfter; i++ {
-		g.failed("10.0.0.1", now)
-		if d := g.blocked("10.0.0.1", now); d != 0 {
-			t.Fatalf("blocked after %d failures", i)
+		if r := g.attempt("10.0.0.1", now, true, wrong); r.ok || r.wait != 0 {
+			t.Fatalf("failure %d: %+v", i, r)
 		}
 	}
-	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}
-	for _, w := range want {
-		g.failed("10.0.0.1", now)
-		if d := g.blocked("10.0.0.1", now); d != w {
-			t.Fatalf("blocked for %v, want %v", d, w)
+	// Each further failure sets a longer wait; while it runs, the
+	// credentials are not even checked (a right password is refused too).
+	for _, w := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
+		g.attempt("10.0.0.1", now, true, wrong)
+		checked := false
+		r := g.attempt("10.0.0.1", now, true, func() bool { checked = true; return true })
+		if r.wait != w || r.ok || checked {
+			t.Fatalf("throttled attempt = %+v (checked %v), want a %v wait, unchecked", r, checked, w)
 		}
+		now = now.Add(w)
 	}
 	for range 20 {
-		g.failed("10.0.0.1", now)
+		g.attempt("10.0.0.1", now, true, wrong)
+		now = now.Add(maxThrottle)
 	}
-	if d := g.blocked("10.0.0.1", now); d != maxThrottle {
-		t.Fatalf("blocked for %v, want the cap %v", d, maxThrottle)
-	}
-	if d := g.blocked("10.0.0.1", now.Add(maxThrottle)); d != 0 {
-		t.Fatalf("still blocked after the wait: %v", d)
+	g.attempt("10.0.0.1", now, true, wrong)
+	if r := g.attempt("10.0.0.1", now, true, right); r.wait != maxThrottle {
+		t.Fatalf("wait %v, want the cap %v", r.wait, maxThrottle)
 	}
 	// Other addresses are not affected; a success clears an address.
-	if d := g.blocked("10.0.0.2", now); d != 0 {
-		t.Fatalf("an innocent address is blocked for %v", d)
+	if r := g.attempt("10.0.0.2", now, true, right); !r.ok {
+		t.Fatalf("an innocent address: %+v", r)
 	}
-	g.succeeded("10.0.0.1")
-	if d := g.blocked("10.0.0.1", now); d != 0 {
-		t.Fatalf("blocked after a success: %v", d)
+	now = now.Add(maxThrottle)
+	if r := g.attempt("10.0.0.1", now, true, right); !r.ok {
+		t.Fatalf("right password after the wait: %+v", r)
+	}
+	if r := g.attempt("10.0.0.1", now, true, wrong); r.wait != 0 || r.failures != 1 {
+		t.Fatalf("after a success the count starts again: %+v", r)
+	}
+	// No credentials at all is no failure.
+	for range 10 {
+		g.attempt("10.0.0.3", now, false, wrong)
+	}
+	if r := g.attempt("10.0.0.3", now, true, right); !r.ok {
+		t.Fatalf("requests without credentials throttled an address: %+v", r)
 	}
 }
 
@@ -54,27 +69,49 @@ func TestLoginGuardLogsSparingly(t *testing.T) {
 	now := time.Unix(1000, 0)
 	logged := 0
 	for i := range 100 {
-		if _, l := g.failed("10.0.0.1", now.Add(time.Duration(i)*100*time.Millisecond)); l {
+		// Step past the throttle so that every attempt is a failure.
+		at := now.Add(time.Duration(i) * maxThrottle / 100)
+		g.addrs["10.0.0.1"] = withoutWait(g.addrs["10.0.0.1"])
+		if r := g.attempt("10.0.0.1", at, true, wrong); r.logIt {
 			logged++
 		}
 	}
-	// 10 s of failures: the first is logged, the next only after logEvery.
-	if logged != 1 {
-		t.Fatalf("logged %d times in 10 s, want 1", logged)
+	// 60 s of failures, logged at most every logEvery.
+	if logged != 2 {
+		t.Fatalf("logged %d times in %v, want 2", logged, maxThrottle)
 	}
-	if _, l := g.failed("10.0.0.1", now.Add(logEvery+10*time.Second)); !l {
-		t.Fatal("not logged again after logEvery")
+}
+
+func withoutWait(r *loginRecord) *loginRecord {
+	if r != nil {
+		r.until = time.Time{}
 	}
+	return r
 }
 
 func TestLoginGuardBounded(t *testing.T) {
 	g := newLoginGuard()
 	now := time.Unix(1000, 0)
 	for i := range maxTracked + 100 {
-		g.failed(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), now.Add(time.Duration(i)*time.Millisecond))
+		g.attempt(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), now.Add(time.Duration(i)*time.Millisecond), true, wrong)
 	}
 	if n := len(g.addrs); n > maxTracked {
 		t.Fatalf("%d addresses tracked, want at most %d", n, maxTracked)
+	}
+}
+
+func TestClientKeyIPv6Prefix(t *testing.T) {
+	for addr, want := range map[string]string{
+		"10.1.2.3:5555":               "10.1.2.3",
+		"[2001:db8:1:2:3:4:5:6]:5555": "2001:db8:1:2::/64",
+		"[2001:db8:1:2:ffff::1]:80":   "2001:db8:1:2::/64",
+		"[::ffff:10.1.2.3]:5555":      "::ffff:10.1.2.3",
+		"not-an-address":              "not-an-address",
+	} {
+		r := &http.Request{RemoteAddr: addr}
+		if got := clientKey(r); got != want {
+			t.Errorf("clientKey(%s) = %s, want %s", addr, got, want)
+		}
 	}
 }
 

@@ -320,9 +320,17 @@ func (v *validator) postgres() {
 		// With TLS, every TCP door of PostgreSQL requires it; a user's
 		// host or hostnossl line would open one without.
 		for i, l := range pg.PgHBA {
-			if f := strings.Fields(l); len(f) > 0 && (f[0] == "host" || f[0] == "hostnossl") {
+			f := strings.Fields(l)
+			if len(f) == 0 {
+				continue
+			}
+			switch typ := strings.Trim(f[0], `"`); typ {
+			case "host", "hostnossl", "hostgssenc", "hostnogssenc":
 				v.failAt(fmt.Sprintf("postgresql.pg_hba[%d]", i), "postgresql.pg_hba",
-					"entry %d: %s lines accept sessions without TLS while tls is set; write hostssl", i+1, f[0])
+					"entry %d: %s lines accept sessions without TLS while tls is set; write hostssl", i+1, typ)
+			case "include", "include_if_exists", "include_dir":
+				v.failAt(fmt.Sprintf("postgresql.pg_hba[%d]", i), "postgresql.pg_hba",
+					"entry %d: %s is not allowed: pgha checks every line of pg_hba.conf, so write the lines here", i+1, typ)
 			}
 		}
 	}

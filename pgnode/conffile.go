@@ -155,7 +155,7 @@ func (n *Node) writeConfig(d Desired) (ConfigChange, error) {
 
 	dd := n.cfg.DataDir
 	confPath := filepath.Join(dd, confFile)
-	old, err := os.ReadFile(confPath)
+	old, err := n.readConfFile(confPath)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return ConfigChange{}, fmt.Errorf("write config: %w", err)
 	}
@@ -196,7 +196,7 @@ func (n *Node) writeConfig(d Desired) (ConfigChange, error) {
 	}
 
 	hbaPath := filepath.Join(dd, hbaFile)
-	if cur, err := os.ReadFile(hbaPath); err == nil && !bytes.HasPrefix(cur, []byte(managedHeader)) {
+	if cur, err := n.readConfFile(hbaPath); err == nil && !bytes.HasPrefix(cur, []byte(managedHeader)) {
 		if err := os.Rename(hbaPath, hbaPath+".orig"); err != nil {
 			return ConfigChange{}, fmt.Errorf("write config: keep original pg_hba.conf: %w", err)
 		}
@@ -458,10 +458,10 @@ func unquoteConf(v string) (string, bool) {
 // anything wider. The per-network "all all" line admits the superuser
 // too: pg_rewind on another member logs in as it (a plain connection, not
 // replication) to read this server's files, so it must not be narrowed to
-// non-superusers. With TLS the network lines are hostssl, so passwords
-// and WAL never cross the network in clear; the samehost lines stay host,
-// since that traffic does not leave the machine (pgha's own connections
-// use TLS there too).
+// non-superusers. With TLS every line is hostssl, so passwords and WAL
+// never cross the network in clear, and the samehost lines too: the
+// proxy on this node connects from this machine on behalf of clients
+// from anywhere (pgha's own connections use TLS).
 func (n *Node) renderHBA() []byte {
 	var b bytes.Buffer
 	b.WriteString(managedHeader)
@@ -526,6 +526,30 @@ func (n *Node) writeFileAtomic(path string, data []byte) (changed bool, err erro
 }
 
 func syncDir(dir string) { safefile.SyncDir(dir) }
+
+// maxConfFile bounds what the agent reads of a configuration file the OS
+// user can write.
+const maxConfFile = 1 << 20
+
+// readConfFile reads a configuration file in the data directory, which
+// the OS user owns: a link, a FIFO or a huge file there was not written
+// by PostgreSQL or pgha, so it is moved aside (for a human to look at)
+// and reported as missing, never followed or read.
+func (n *Node) readConfFile(path string) ([]byte, error) {
+	data, err := safefile.ReadFile(path, maxConfFile)
+	if err == nil || errors.Is(err, fs.ErrNotExist) {
+		return data, err
+	}
+	if fi, lerr := os.Lstat(path); lerr == nil && fi.Mode().IsRegular() && fi.Size() <= maxConfFile {
+		return nil, err // an ordinary read error
+	}
+	dst := path + ".suspect-" + time.Now().UTC().Format("20060102T150405Z")
+	if rerr := os.Rename(path, dst); rerr != nil {
+		return nil, fmt.Errorf("%w (and it cannot be moved aside: %v)", err, rerr)
+	}
+	n.log.Warn("moved aside a configuration file pgha did not write", "path", path, "to", dst, "why", err)
+	return nil, fs.ErrNotExist
+}
 
 // PendingRestart reports whether PostgreSQL has settings that change only
 // at the next restart (pg_settings.pending_restart).

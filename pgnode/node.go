@@ -98,6 +98,15 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.binDir = dir
+	if os.Geteuid() == 0 {
+		// Root runs postgres -V itself: binaries another user can replace
+		// would be a way to root.
+		for _, b := range append([]string{""}, requiredBinaries...) {
+			if err := rootOnly(filepath.Join(dir, b)); err != nil {
+				return nil, fmt.Errorf("pgnode: bin dir %s: %v: only root may be able to change the PostgreSQL binaries the agent runs", dir, err)
+			}
+		}
+	}
 	if n.version, err = postgresMajor(filepath.Join(dir, "postgres")); err != nil {
 		return nil, err
 	}
@@ -152,6 +161,19 @@ func findBinDir(configured string) (string, error) {
 	tried = append(tried, defaultBinDir)
 	return "", fmt.Errorf("pgnode: PostgreSQL binaries (%s) not found in %s: %s",
 		strings.Join(requiredBinaries, ", "), strings.Join(tried, ", "), install)
+}
+
+// rootOnly checks that path (followed, as exec follows it) belongs to
+// root and that nobody else may write it.
+func rootOnly(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && (sys.Uid != 0 || st.Mode().Perm()&0o022 != 0) {
+		return fmt.Errorf("%s is owned by uid %d with mode %#o", path, sys.Uid, st.Mode().Perm())
+	}
+	return nil
 }
 
 func missingBinaries(dir string) []string {

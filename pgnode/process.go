@@ -315,7 +315,7 @@ func (n *Node) pidFileStatus(pid int) string {
 }
 
 func (n *Node) readPidFile() []string {
-	data, err := os.ReadFile(filepath.Join(n.cfg.DataDir, "postmaster.pid"))
+	data, err := safefile.ReadFile(filepath.Join(n.cfg.DataDir, "postmaster.pid"), 4096)
 	if err != nil {
 		return nil
 	}
@@ -366,7 +366,7 @@ func processAlive(pid int) bool {
 // logTail returns the last lines written to the log since offset.
 func (n *Node) logTail(offset int64) string {
 	const maxBytes, maxLines = 16 << 10, 25
-	f, err := os.Open(n.LogFile())
+	f, err := safefile.OpenRead(n.LogFile())
 	if err != nil {
 		return "(no log: " + err.Error() + ")"
 	}

@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -177,11 +178,13 @@ func openDir(path string) (*os.File, error) {
 }
 
 // MkdirAll creates path and its missing parents. Parents get 0755 and
-// path gets perm (umask aside, put right afterwards), so an unprivileged
-// user can traverse the parents root created for it.
+// path gets perm, owner (umask aside, put right afterwards), so an
+// unprivileged user can traverse the parents root created for it.
+// Existing directories, or links to them (an operator's), are left as
+// they are.
 func MkdirAll(path string, perm fs.FileMode, owner Owner) error {
 	path = filepath.Clean(path)
-	if st, err := os.Lstat(path); err == nil {
+	if st, err := os.Stat(path); err == nil {
 		if !st.IsDir() {
 			return fmt.Errorf("%s exists and is not a directory", path)
 		}
@@ -192,10 +195,87 @@ func MkdirAll(path string, perm fs.FileMode, owner Owner) error {
 			return err
 		}
 	}
-	if err := os.Mkdir(path, perm); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := os.Mkdir(path, perm); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil // made meanwhile by someone else: not ours to fix
+		}
 		return err
 	}
 	return FixDir(path, perm, owner)
+}
+
+// ReadFile reads a file another user controls without following a link,
+// blocking on a FIFO or reading more than max bytes: such a file is
+// refused, not read.
+func ReadFile(path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("%s is a symbolic link; not reading it as root", path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Size() > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(data)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
+	}
+	return data, err
+}
+
+// OpenRead opens a file another user controls for reading, under the
+// same rules as ReadFile (the caller bounds what it reads).
+func OpenRead(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	return f, nil
+}
+
+// CheckPrivateAncestors checks that no user but root can replace path or
+// any directory above it: each ancestor is root's and writable by root
+// alone (or sticky, as /tmp is), and path itself is not a link. Root
+// writes below path; an ancestor another user could rename would let
+// that user redirect those writes.
+func CheckPrivateAncestors(path string) error {
+	path = filepath.Clean(path)
+	if st, err := os.Lstat(path); err == nil && st.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%s is a symbolic link", path)
+	}
+	for d := filepath.Dir(path); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // root creates it later (MkdirAll)
+		}
+		if err != nil {
+			return err
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if ok {
+			sticky := st.Mode()&fs.ModeSticky != 0
+			if sys.Uid != 0 || (st.Mode().Perm()&0o022 != 0 && !sticky) {
+				return fmt.Errorf("%s (uid %d, mode %#o) can be changed by a user other than root", d, sys.Uid, st.Mode().Perm())
+			}
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }
 
 // CheckOwned walks root (not following links) and fails on the first

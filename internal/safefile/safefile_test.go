@@ -186,3 +186,71 @@ func TestCheckOwned(t *testing.T) {
 		t.Fatalf("a link in the tree = %v, want refused", err)
 	}
 }
+
+func TestReadFileRefusesLinksFIFOsAndHugeFiles(t *testing.T) {
+	dir := t.TempDir()
+	v := victim(t)
+	link, fifo, big, ok := filepath.Join(dir, "link"), filepath.Join(dir, "fifo"), filepath.Join(dir, "big"), filepath.Join(dir, "ok")
+	os.Symlink(v, link)
+	syscall.Mkfifo(fifo, 0o600)
+	os.WriteFile(big, make([]byte, 2048), 0o600)
+	os.WriteFile(ok, []byte("fine"), 0o600)
+	for _, p := range []string{link, fifo, big} {
+		if data, err := ReadFile(p, 1024); err == nil {
+			t.Errorf("ReadFile(%s) = %q, want refused", filepath.Base(p), data)
+		}
+	}
+	if data, err := ReadFile(ok, 1024); err != nil || string(data) != "fine" {
+		t.Fatalf("ReadFile(ok) = %q, %v", data, err)
+	}
+	if _, err := OpenRead(fifo); err == nil {
+		t.Error("OpenRead opened a FIFO")
+	}
+}
+
+func TestMkdirAllUnderALinkedParent(t *testing.T) {
+	real := t.TempDir()
+	base := t.TempDir()
+	link := filepath.Join(base, "data")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := MkdirAll(filepath.Join(link, "run"), 0o700, Keep); err != nil {
+		t.Fatalf("MkdirAll under a linked parent: %v", err)
+	}
+	if st, err := os.Stat(filepath.Join(real, "run")); err != nil || !st.IsDir() {
+		t.Fatalf("run not made in the link's target: %v", err)
+	}
+}
+
+func TestCheckPrivateAncestors(t *testing.T) {
+	base := t.TempDir()
+	if os.Geteuid() != 0 {
+		t.Skip("ownership by root is what is checked")
+	}
+	for d := base; d != "/"; d = filepath.Dir(d) {
+		if st, _ := os.Stat(d); st.Mode().Perm()&0o022 != 0 && st.Mode()&os.ModeSticky == 0 {
+			t.Skipf("%s is group- or world-writable here", d)
+		}
+	}
+	pg := filepath.Join(base, "pgdata")
+	if err := CheckPrivateAncestors(pg); err != nil {
+		t.Fatalf("root-only chain refused: %v", err)
+	}
+	open := filepath.Join(base, "shared")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	if err := CheckPrivateAncestors(filepath.Join(open, "pgdata")); err == nil {
+		t.Error("a data dir under a world-writable parent was accepted")
+	}
+	os.Chown(open, 65534, 65534)
+	os.Chmod(open, 0o755)
+	if err := CheckPrivateAncestors(filepath.Join(open, "pgdata")); err == nil {
+		t.Error("a data dir under another user's parent was accepted")
+	}
+	l := filepath.Join(base, "l")
+	os.Symlink(base, l)
+	if err := CheckPrivateAncestors(l); err == nil {
+		t.Error("a data dir that is a link was accepted")
+	}
+}
