@@ -22,6 +22,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -34,6 +35,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/config"
 	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/metrics"
@@ -152,6 +154,7 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 		LogLevel:           raftLogLevel(cfg.LogLevel),
 		TLSServer:          raftServerTLS(a.tls),
 		TLSClient:          raftClientTLS(a.tls),
+		RestartQuiet:       cfg.Raft.HeartbeatTimeout.Duration + fenceSlack,
 	})
 	if err != nil {
 		return fail(err)
@@ -159,6 +162,9 @@ func New(cfg *config.Config, logger *slog.Logger, logOut io.Writer) (*Agent, err
 	a.raft = raftNode{rn}
 	closers = append(closers, rn.Close)
 
+	if err := checkMetaFits(a.baseMeta()); err != nil {
+		return fail(err)
+	}
 	g, err := membership.New(membership.Options{
 		Name:      cfg.Name,
 		Cluster:   cfg.Cluster,
@@ -397,6 +403,18 @@ func (a *Agent) baseMeta() membership.Meta {
 		NoLB:     c.Tags.NoLoadBalance,
 		Priority: c.Tags.FailoverPriority,
 	}
+}
+
+// checkMetaFits refuses, at start, addresses too long for the gossip
+// status in its fullest state (the numbers at their largest), rather
+// than a status that cannot be published later.
+func checkMetaFits(m membership.Meta) error {
+	m.HasRaft, m.Role, m.PGState, m.Pending = true, cluster.RoleReplica, cluster.StateReinitializing, true
+	m.Timeline, m.WAL, m.Recv, m.SysID, m.At = ^uint32(0), ^uint64(0), ^uint64(0), ^uint64(0), 9999999999999
+	if _, err := membership.EncodeMeta(m); err != nil {
+		return fmt.Errorf("the advertised addresses do not fit in the gossip status: %w; use shorter host names or addresses", err)
+	}
+	return nil
 }
 
 func advertiseOr(adv, addr string) string {

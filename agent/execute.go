@@ -129,6 +129,16 @@ func (l *haLoop) ensureSlots(ctx context.Context, st raftfsm.State) error {
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	created, dropped, err := l.pg.EnsureSlots(sctx, want)
+	if errors.Is(err, pgnode.ErrConnect) {
+		// A fresh connection every slotsEvery is also the probe's check
+		// that the postmaster still accepts sessions (the probe's own
+		// connection is kept, and outlives a hung postmaster).
+		if l.connectFailSince.IsZero() {
+			l.connectFailSince = time.Now()
+		}
+	} else if err == nil {
+		l.connectFailSince = time.Time{}
+	}
 	if err != nil {
 		return fmt.Errorf("replication slots: %w", err)
 	}

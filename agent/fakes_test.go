@@ -21,10 +21,12 @@ import (
 
 // fakeRaft is a Raft node that is leader of a fixed configuration.
 type fakeRaft struct {
-	mu      sync.Mutex
-	servers []raft.Server
-	state   raftfsm.State
-	calls   []string // "apply upsert_member n4", "add-nonvoter n4", ...
+	// transferErr is what TransferLeadership returns.
+	transferErr error
+	mu          sync.Mutex
+	servers     []raft.Server
+	state       raftfsm.State
+	calls       []string // "apply upsert_member n4", "add-nonvoter n4", ...
 	// failAdd makes AddNonvoter fail with this error.
 	failAdd error
 }
@@ -100,7 +102,7 @@ func (f *fakeRaft) TransferLeadership(id, _ string, _ time.Duration) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.record("transfer %s", id)
-	return nil
+	return f.transferErr
 }
 
 // Apply runs the command through the real FSM code on a copy of the
@@ -150,7 +152,30 @@ type fakeConsensus struct {
 	notify  chan bool
 	// verify, when set, answers VerifyLeader (default: confirmed).
 	verify func(timeout time.Duration) error
+	// lease, when set, answers LeaseSince (default: now while leader).
+	lease func() time.Time
+	// loop, when set, answers LoopAnswers (default: answered).
+	loop func(timeout time.Duration) (bool, error)
+	cut  atomic.Bool
 }
+
+func (f *fakeConsensus) LeaseSince() time.Time {
+	if f.lease != nil {
+		return f.lease()
+	}
+	if !f.leader.Load() {
+		return time.Time{}
+	}
+	return time.Now()
+}
+func (f *fakeConsensus) LoopAnswers(timeout time.Duration) (bool, error) {
+	if f.loop != nil {
+		return f.loop(timeout)
+	}
+	return true, f.VerifyLeader(timeout)
+}
+func (f *fakeConsensus) SetCut(c bool) { f.cut.Store(c) }
+func (f *fakeConsensus) Cut() bool     { return f.cut.Load() }
 
 var _ consensus = (*fakeConsensus)(nil)
 

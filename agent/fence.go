@@ -11,33 +11,52 @@ import (
 
 // Fencing and promotion timing. The numbers fit together like this:
 //
-//   - The primary's agent confirms its Raft leadership with a quorum
-//     (VerifyLeader) every verifyEvery, and wakes when its last
-//     confirmation is fenceBudget old. A confirmation counts from the
-//     moment it was asked for, not when the answer arrived, so a slow or
-//     resumed process never stretches it. When no confirmation succeeded
-//     for fenceBudget, or Raft says it lost leadership, it fences: SIGQUIT
-//     to the postmaster and each backend, SIGKILL after fenceGrace.
+//   - The primary's leadership counts as confirmed at time T when a
+//     quorum of voters (this node included) answered Raft heartbeats that
+//     were sent at or after T (raftfsm.Node.LeaseSince): such a follower
+//     votes for nobody else for a heartbeat timeout after it heard us.
+//     The heartbeats flow about ten times a heartbeat timeout whatever
+//     Raft's main loop does, so neither a confirmation round trip of its
+//     own nor the log's fsync is waited for: a slow disk under a bulk load
+//     cannot make a healthy primary fence itself. A confirmation counts
+//     from the moment the heartbeat was sent, not when the answer
+//     arrived, so a slow or resumed process never stretches it. When no
+//     confirmation is newer than fenceBudget, or Raft says it lost
+//     leadership, the watchdog fences: SIGQUIT to the postmaster and each
+//     backend, SIGKILL after fenceGrace.
 //   - A new leader is elected no sooner than heartbeat_timeout after a
 //     quorum last heard the old one (followers refuse votes while they
-//     know a leader), so the old primary's last successful confirmation V
-//     is at most the election time E minus heartbeat_timeout, and the old
-//     primary has stopped by V + fenceBudget + fenceSlack + fenceGrace
+//     know a leader), so the old primary's last confirmation V is at most
+//     the election time E minus heartbeat_timeout, and the old primary
+//     has stopped by V + fenceBudget + fenceSlack + fenceGrace
 //     (fenceSlack: the timer's and the scheduler's lateness).
 //   - The new leader therefore promotes no sooner than E + fenceBudget +
 //     fenceSlack + fenceGrace + fenceMargin - heartbeat_timeout (0.5 s
 //     with the defaults). Nothing the network says can shorten that wait: a
 //     refused connection looks the same from a dead node and from behind a
 //     rejecting firewall.
+//   - Raft's main loop is watched separately: the leader asks it to
+//     confirm leadership every loopPingEvery while it guards a primary.
+//     A loop that has not answered for raftStallLimit is stuck (a frozen
+//     filesystem: it waits on the log's fsync, forever, while the
+//     heartbeats go on and no follower elects anyone): the node fences
+//     and cuts its Raft transport, so its followers stop hearing from it
+//     and elect; once the loop answers again the transport is restored
+//     and Raft finds itself superseded. raftStallLimit is well above the
+//     fsync stalls a bulk load causes (2-3 s measured here).
 const (
 	fenceSlack  = 100 * time.Millisecond
 	fenceBudget = 1000 * time.Millisecond
 	fenceGrace  = 150 * time.Millisecond
 	fenceMargin = 250 * time.Millisecond
-	// verifyEvery spaces the confirmations: each is a round of
-	// heartbeats to every voter, and four chances per budget are plenty.
-	verifyEvery = 250 * time.Millisecond
+	// verifyEvery is how often a fenced leader rereads its lease to clear
+	// the latch (the heartbeats renew it ten times a second).
+	verifyEvery   = 250 * time.Millisecond
+	loopPingEvery = 1 * time.Second
 )
+
+// raftStallLimit: see above (a variable so that tests can shorten it).
+var raftStallLimit = 4 * time.Second
 
 // watchdog is what the fence watchdog shares with the rest of the agent.
 // The fence loop owns its timers; these fields are the only state others
@@ -59,16 +78,43 @@ type watchdog struct {
 	// wakes counts the watchdog's wake-ups (what an idle node should
 	// not have many of; tests watch it).
 	wakes atomic.Uint64
-	lost  chan struct{} // poked when Raft leadership is lost
-	wake  chan struct{} // poked when armed or latched: the loop wakes
+	// answeredAt is when the local PostgreSQL last answered the HA loop's
+	// probe (or was armed); silentLimit is primary_unresponsive_timeout.
+	// A primary silent for longer than that plus silentSlack is fenced by
+	// the watchdog even if the HA loop itself is stuck (the probe's own
+	// staleness counts).
+	answeredAt  atomic.Int64  // unix ns
+	silentLimit atomic.Int64  // ns
+	lost        chan struct{} // poked when Raft leadership is lost
+	wake        chan struct{} // poked when armed or latched: the loop wakes
 }
 
 func (w *watchdog) latched() bool { return w.fencedAt.Load() > w.confirmedAt.Load() }
 
 // arm makes the watchdog guard a primary from now on.
 func (w *watchdog) arm() {
-	w.armed.Store(true)
+	if w.armed.CompareAndSwap(false, true) {
+		w.answeredAt.Store(time.Now().UnixNano())
+	}
 	notify(w.wake)
+}
+
+// silentSlack: the watchdog's staleness check leaves the HA loop (which
+// fences a silent primary after primary_unresponsive_timeout) this much
+// more, so it only acts when the loop itself is stuck.
+const silentSlack = 5 * time.Second
+
+// silentFor returns how long PostgreSQL has gone without answering when
+// that exceeds the watchdog's limit, else 0.
+func (w *watchdog) silentFor(now time.Time) time.Duration {
+	limit := time.Duration(w.silentLimit.Load())
+	if limit <= 0 {
+		return 0
+	}
+	if d := now.Sub(time.Unix(0, w.answeredAt.Load())); d > limit+silentSlack {
+		return d
+	}
+	return 0
 }
 
 // disarm stops guarding: PostgreSQL no longer runs as primary.
@@ -98,23 +144,23 @@ func (a *Agent) mustFence(reason string) {
 // fenceLoop is the primary's dead-man switch, independent of the HA loop
 // (which may be busy cloning or waiting): while PostgreSQL runs as
 // primary, leadership must be confirmed by a quorum at least every
-// fenceBudget, or PostgreSQL is fenced. It sleeps until the earlier of
-// the next confirmation to ask for and the deadline of the last one, so a
+// fenceBudget, or PostgreSQL is fenced. It sleeps until the deadline of
+// the last confirmation (or its next look at Raft's main loop), so a
 // process resumed after a freeze (SIGSTOP, a VM pause) finds its
 // deadline passed and fences at once. A leader whose confirmations fail
-// while Raft still calls it leader (a stalled Raft loop, a disk that
-// hangs) hands leadership away so that another node can take over. It
+// while Raft still calls it leader hands leadership away; one whose Raft
+// main loop is stuck cuts its transport (see the timing above). It
 // sleeps for good while there is nothing to guard and no latch it can
 // clear (only a leader can): an idle replica, or a fenced former primary,
-// costs nothing here; a primary a few wake-ups a second.
+// costs nothing here; a primary about two wake-ups a second.
 func (a *Agent) fenceLoop(ctx context.Context) {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	defer t.Stop()
 	active := false
 	lastOK := time.Now()
-	var verifying chan verifyResult
-	var lastAsk time.Time
+	var pinging chan pingResult
+	var lastPing, lastLook time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -122,17 +168,21 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		case <-a.guard.lost:
 		case <-a.guard.wake:
 		case <-t.C:
-		case r := <-verifying:
-			verifying = nil
-			if r.err == nil {
-				// Never backwards: the budget may have restarted (armed
-				// anew) after this confirmation was asked for.
-				lastOK = later(lastOK, r.asked)
-				a.guard.confirmedAt.Store(r.asked.UnixNano())
-			}
+		case r := <-pinging:
+			pinging = nil
+			a.loopAnswered(r)
 		}
 		a.guard.wakes.Add(1)
 		now := time.Now()
+		if lease := a.raft.LeaseSince(); !lease.IsZero() {
+			// Never backwards: the budget may have restarted (armed anew)
+			// after these heartbeats were sent.
+			lastOK = later(lastOK, lease)
+			if lease.UnixNano() > a.guard.confirmedAt.Load() {
+				a.guard.confirmedAt.Store(lease.UnixNano())
+			}
+		}
+		lastLook = now
 		guarding, latched := a.guard.armed.Load(), a.guard.latched()
 		if guarding || latched {
 			if !active {
@@ -146,9 +196,7 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		switch {
 		case !guarding || (a.raft.IsLeader() && a.isSoleVoter()):
 			// Not guarding a primary; or the only voter, which no other
-			// node can supersede: a slow confirmation there (a Raft log
-			// fsync stalled behind a bulk load's writeback) must not stop
-			// the only database.
+			// node can supersede.
 			lastOK = now
 		case now.Sub(lastOK) > fenceBudget:
 			a.mustFence(fmt.Sprintf("Raft leadership not confirmed for %s", now.Sub(lastOK).Round(time.Millisecond)))
@@ -159,26 +207,34 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 		case !a.raft.IsLeader():
 			a.mustFence("lost Raft leadership")
 			a.poke()
+		case a.guard.silentFor(now) > 0:
+			a.mustFence(fmt.Sprintf("PostgreSQL has not answered the HA loop's probe for %s (a stuck loop or a hung server)", a.guard.silentFor(now).Round(time.Second)))
+			a.stepDown("PostgreSQL does not answer")
+			a.poke()
 		}
 		guarding, latched = a.guard.armed.Load(), a.guard.latched()
-		// Confirm leadership while guarding a primary, and while the
-		// latch of an earlier fence is set (the HA loop waits for it), at
-		// most every verifyEvery. Only a leader can: a latched follower
-		// sleeps until it leads again (watchLeadership wakes it).
-		asking := a.raft.IsLeader() && (guarding || latched)
-		if verifying == nil && asking && now.Sub(lastAsk) >= verifyEvery {
-			lastAsk = now
-			ch := make(chan verifyResult, 1)
-			verifying = ch
-			a.spawn(func() { a.verify(ch) })
+		// Watch Raft's main loop while leading a primary (or cut: until
+		// the loop answers again).
+		watchLoop := a.raft.Cut() || (a.raft.IsLeader() && guarding)
+		if pinging == nil && watchLoop && now.Sub(lastPing) >= loopPingEvery {
+			lastPing = now
+			ch := make(chan pingResult, 1)
+			pinging = ch
+			a.spawn(func() { a.pingLoop(ch) })
 		}
 		t.Stop()
 		next := time.Duration(-1)
 		if guarding {
 			next = lastOK.Add(fenceBudget + time.Millisecond).Sub(now) // the deadline
 		}
-		if verifying == nil && asking {
-			if d := lastAsk.Add(verifyEvery).Sub(now); next < 0 || d < next {
+		if latched && a.raft.IsLeader() {
+			// Clear the latch as soon as the lease is renewed.
+			if d := lastLook.Add(verifyEvery).Sub(now); next < 0 || d < next {
+				next = d
+			}
+		}
+		if pinging == nil && watchLoop {
+			if d := lastPing.Add(loopPingEvery).Sub(now); next < 0 || d < next {
 				next = d
 			}
 		}
@@ -186,6 +242,50 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			t.Reset(max(next, time.Millisecond))
 		}
 	}
+}
+
+type pingResult struct {
+	asked    time.Time
+	answered bool
+	err      error
+}
+
+// pingLoop asks Raft's main loop to confirm leadership, giving it
+// raftStallLimit; the result goes to ch (buffered, so this goroutine ends
+// even if nobody reads it any more).
+func (a *Agent) pingLoop(ch chan<- pingResult) {
+	asked := time.Now()
+	answered, err := a.raft.LoopAnswers(raftStallLimit)
+	ch <- pingResult{asked: asked, answered: answered, err: err}
+}
+
+// loopAnswered acts on a look at Raft's main loop: a loop that did not
+// answer within raftStallLimit is stuck, so this node fences and cuts
+// its transport; one that answers again gets it back.
+func (a *Agent) loopAnswered(r pingResult) {
+	switch {
+	case !r.answered && !a.raft.Cut():
+		// Cut first: the fence may wait on processes stuck on the same
+		// hung disk, and the followers must stop hearing from us now.
+		// Yield too, so the new leader does not hand the role back.
+		a.log.Error("cutting this node's Raft transport so that the other members elect a new leader: its Raft loop is stuck",
+			"stuck_for", time.Since(r.asked).Round(time.Millisecond))
+		a.raft.SetCut(true)
+		a.status.update(func(s *NodeStatus) { s.Yield = true })
+		a.mustFence(fmt.Sprintf("Raft's main loop has not answered for %s (a hung disk?)", raftStallLimit))
+		a.poke()
+	case r.answered && a.raft.Cut():
+		a.log.Warn("Raft's main loop answers again; restoring this node's Raft transport", "answer", errString(r.err))
+		a.raft.SetCut(false)
+		a.poke()
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "leader"
+	}
+	return err.Error()
 }
 
 func later(a, b time.Time) time.Time {
@@ -213,20 +313,6 @@ func (a *Agent) isSoleVoter() bool {
 		}
 	}
 	return voters == 1
-}
-
-type verifyResult struct {
-	asked time.Time
-	err   error
-}
-
-// verify asks Raft to confirm leadership; the result goes to ch (buffered,
-// so this goroutine ends even if nobody reads it any more). It returns
-// within fenceBudget (raftfsm.Node.VerifyLeader's own timeout).
-func (a *Agent) verify(ch chan<- verifyResult) {
-	asked := time.Now()
-	err := a.raft.VerifyLeader(fenceBudget)
-	ch <- verifyResult{asked: asked, err: err}
 }
 
 // stepDown hands Raft leadership to any other voter, in the background

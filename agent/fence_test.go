@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,21 +41,13 @@ func TestFenceLatchedFollowerSleepsUntilItLeads(t *testing.T) {
 	testutil.WaitUntil(t, 5*time.Second, "the latch to clear once leading", func() bool { return !a.guard.latched() })
 }
 
-// TestFenceDeadline: a primary whose confirmations stall (a Raft loop
-// stuck on its disk) is fenced once its last confirmation is fenceBudget
-// old, and not before.
+// TestFenceDeadline: a primary whose followers stop answering its
+// heartbeats (a partition) is fenced once its last confirmation is
+// fenceBudget old, and not before.
 func TestFenceDeadline(t *testing.T) {
 	a := testAgent(newFakeRaft(threeMembers(), []string{"n1", "n2", "n3"}), &fakeGossip{})
 	fc := a.raft.(*fakeConsensus)
-	stall := make(chan struct{})
-	defer close(stall)
-	fc.verify = func(timeout time.Duration) error {
-		select {
-		case <-stall:
-		case <-time.After(timeout):
-		}
-		return context.DeadlineExceeded
-	}
+	fc.lease = func() time.Time { return time.Time{} }
 	armed := time.Now()
 	a.guard.arm()
 	startFenceLoop(t, a)
@@ -80,11 +74,70 @@ func TestFenceHealthyPrimaryFewWakeups(t *testing.T) {
 	if !a.guard.armed.Load() {
 		t.Fatal("disarmed")
 	}
-	// An ask and its answer every verifyEvery: about 12 in 1.5 s. A
-	// ticking clock would be 15 more, a spin thousands.
-	if n := a.guard.wakes.Load(); n > 25 {
+	// The deadline (about once a second, the lease being renewed by the
+	// heartbeats) and a look at Raft's loop each second with its answer:
+	// about 5 in 1.5 s. A ticking clock would be tens, a spin thousands.
+	if n := a.guard.wakes.Load(); n > 10 {
 		t.Fatalf("%d wake-ups in 1.5 s", n)
 	}
+}
+
+// setStallLimit shortens raftStallLimit until the test's goroutines are
+// gone (cleanups run last-in first-out: this one after the fence loop's).
+func setStallLimit(t *testing.T, d time.Duration) {
+	old := raftStallLimit
+	raftStallLimit = d
+	t.Cleanup(func() { raftStallLimit = old })
+}
+
+// TestFenceSlowDiskIsNotAFence: a Raft loop that answers slowly (its
+// log's fsync behind a bulk load's writeback) while the heartbeats keep
+// the lease: no fence, no cut.
+func TestFenceSlowDiskIsNotAFence(t *testing.T) {
+	setStallLimit(t, 2*time.Second)
+	a := testAgent(newFakeRaft(threeMembers(), []string{"n1", "n2", "n3"}), &fakeGossip{})
+	fc := a.raft.(*fakeConsensus)
+	fc.loop = func(timeout time.Duration) (bool, error) {
+		time.Sleep(min(1500*time.Millisecond, timeout))
+		return true, nil
+	}
+	a.guard.arm()
+	startFenceLoop(t, a)
+	time.Sleep(3500 * time.Millisecond)
+	if a.guard.fencedAt.Load() != 0 || fc.Cut() {
+		t.Fatalf("a slow but live Raft loop: fenced=%v cut=%v", a.guard.fencedAt.Load() != 0, fc.Cut())
+	}
+}
+
+// TestFenceStuckRaftLoopCuts: a leader whose Raft main loop does not
+// answer (a frozen filesystem) while its heartbeats still flow fences and
+// cuts its transport after raftStallLimit, and restores it once the loop
+// answers again.
+func TestFenceStuckRaftLoopCuts(t *testing.T) {
+	setStallLimit(t, 500*time.Millisecond)
+	a := testAgent(newFakeRaft(threeMembers(), []string{"n1", "n2", "n3"}), &fakeGossip{})
+	fc := a.raft.(*fakeConsensus)
+	var stuck atomic.Bool
+	stuck.Store(true)
+	fc.loop = func(timeout time.Duration) (bool, error) {
+		if stuck.Load() {
+			time.Sleep(timeout)
+			return false, nil
+		}
+		return true, errors.New("not leader")
+	}
+	a.guard.arm()
+	start := time.Now()
+	startFenceLoop(t, a)
+	testutil.WaitUntil(t, 5*time.Second, "the transport cut", fc.Cut)
+	if took := time.Since(start); took < raftStallLimit {
+		t.Fatalf("cut after %s, before the %s limit", took, raftStallLimit)
+	}
+	if a.guard.fencedAt.Load() == 0 {
+		t.Fatal("cut without fencing PostgreSQL first")
+	}
+	stuck.Store(false)
+	testutil.WaitUntil(t, 5*time.Second, "the transport restored", func() bool { return !fc.Cut() })
 }
 
 // TestDoWhenTheLoopIsGone: a job nobody will take fails at once instead

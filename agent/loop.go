@@ -58,6 +58,21 @@ type haLoop struct {
 	// followedTLI is the newest timeline the running postmaster's
 	// walreceiver has received (replica; see probe).
 	followedTLI uint32
+	// The running postmaster's answers to the probe: pgExited tells one
+	// postmaster from the next (its exit channel), pgSeenAt is when this
+	// one was first seen, pgLastAnswer its last answer (zero: none yet).
+	pgExited <-chan struct{}
+	// connectFailSince: since when new management connections fail
+	// while the kept one may still answer (a hung postmaster).
+	connectFailSince time.Time
+	// logCheckedAt: when rotateLog last looked.
+	logCheckedAt time.Time
+	pgSeenAt     time.Time
+	pgLastAnswer time.Time
+	// unresponsive and startLimit are the dynamic configuration's
+	// primary_unresponsive_timeout and primary_start_timeout, as of the
+	// last round.
+	unresponsive, startLimit time.Duration
 	// replicas is pg_stat_replication at the last probe (primary).
 	replicas []pgnode.ReplicaInfo
 	// primaryContact is this node's last Raft contact with the primary's
@@ -184,6 +199,8 @@ func (l *haLoop) round(ctx context.Context) bool {
 		l.savePeers(inRaft)
 	}
 	st := l.raft.ClusterState()
+	l.unresponsive, l.startLimit = st.Config.UnresponsiveTimeout(), st.Config.StartTimeout()
+	l.guard.silentLimit.Store(int64(l.unresponsive))
 	if id, _ := l.raft.Leader(); st.Primary != nil && id == st.Primary.Member && id != l.cfg.Name {
 		l.primaryContact = l.raft.LastContact()
 	}
@@ -212,7 +229,12 @@ func (l *haLoop) round(ctx context.Context) bool {
 	}
 	var waiting, failure string
 	holder := st.IsPrimary(l.cfg.Name) && l.term != nil
-	primaryOK := local.Running && !local.InRecovery
+	primaryOK := local.Running && !local.InRecovery && !local.Hung
+	if holder && local.Hung && !st.Paused && !l.status.get().Yield {
+		l.log.Error("PostgreSQL does not answer; fencing it and yielding the primary role", "silent", local.Silent.Round(time.Second))
+		l.status.update(func(s *NodeStatus) { s.Yield = true })
+		in.Yield = true
+	}
 	l.touched = false
 	for _, act := range decide.Decide(in) {
 		switch act.Kind {
@@ -228,7 +250,15 @@ func (l *haLoop) round(ctx context.Context) bool {
 		default:
 			l.touched = true
 		}
-		if err := l.perform(ctx, act, in); err != nil {
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if steadyAction(act.Kind) {
+			// The steady round's queries are quick; one that waits on a
+			// hung server must not hold up the loop that judges it.
+			actx, cancel = context.WithTimeout(ctx, steadyActionTimeout)
+		}
+		err := l.perform(actx, act, in)
+		cancel()
+		if err != nil {
 			if ctx.Err() != nil {
 				return false
 			}
@@ -241,10 +271,36 @@ func (l *haLoop) round(ctx context.Context) bool {
 	if l.touched {
 		local = l.probe(ctx)
 	}
-	l.trackPrimaryStart(holder, primaryOK || (local.Running && !local.InRecovery), st)
+	l.trackPrimaryStart(holder, primaryOK || (local.Running && !local.InRecovery && !local.Hung), st)
 	l.noteProblem(waiting, failure)
 	l.publish(local, waiting)
+	l.rotateLog()
 	return local.Running && local.InRecovery && !local.Streaming && time.Since(l.lastStart) < 10*time.Second
+}
+
+// logCheckEvery is how often the loop looks at postgresql.log's size.
+const logCheckEvery = 30 * time.Second
+
+// rotateLog keeps postgresql.log bounded (pgnode.RotateLog).
+func (l *haLoop) rotateLog() {
+	if l.pg == nil || time.Since(l.logCheckedAt) < logCheckEvery {
+		return
+	}
+	l.logCheckedAt = time.Now()
+	if rotated, err := l.pg.RotateLog(pgnode.LogMaxSize, pgnode.LogKeep); err != nil {
+		l.log.Warn("rotate postgresql.log", "err", err)
+	} else if rotated {
+		l.log.Info("rotated postgresql.log", "max_bytes", pgnode.LogMaxSize, "kept", pgnode.LogKeep)
+	}
+}
+
+// steadyActionTimeout bounds each steady-state action (see round).
+const steadyActionTimeout = 5 * time.Second
+
+// steadyAction: the steady state's queries (not a start, which may run
+// crash recovery for minutes).
+func steadyAction(k decide.ActionKind) bool {
+	return k == decide.ActEnsureSlots || k == decide.ActRecordLSN
 }
 
 // termFor returns the leader term object for Raft term n (0: not
@@ -295,17 +351,11 @@ func (l *haLoop) trackPrimaryStart(holder, runningPrimary bool, st raftfsm.State
 		}
 	case holder && l.failingSince.IsZero():
 		l.failingSince = time.Now()
-	case holder && time.Since(l.failingSince) > primaryStartTimeout && !yield:
+	case holder && time.Since(l.failingSince) > st.Config.StartTimeout() && !yield:
 		l.log.Error("PostgreSQL could not run as primary; yielding the primary role", "for", time.Since(l.failingSince).Round(time.Second))
 		l.status.update(func(s *NodeStatus) { s.Yield = true })
 	}
 }
-
-// primaryStartTimeout: a record holder that leads but has not managed to
-// run PostgreSQL as primary for this long yields, so the leader fails
-// over rather than hand leadership back forever (Patroni's
-// master_start_timeout).
-const primaryStartTimeout = 30 * time.Second
 
 // withTimelineAge fills l.OldTimelineFor: how long this replica has been
 // running on a timeline older than the cluster's without streaming.

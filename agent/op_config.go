@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/cluster"
@@ -26,12 +27,14 @@ func toAPIConfig(st raftfsm.State) api.DynamicConfig {
 		params[k] = v
 	}
 	return api.DynamicConfig{
-		MaximumLagOnFailover:  c.MaximumLagOnFailover,
-		SynchronousMode:       c.SynchronousMode,
-		SynchronousNodeCount:  c.SynchronousNodeCount,
-		SynchronousModeStrict: c.SynchronousModeStrict,
-		Pause:                 st.Paused,
-		PostgreSQL:            api.PostgreSQLConfig{Parameters: params},
+		MaximumLagOnFailover:       c.MaximumLagOnFailover,
+		SynchronousMode:            c.SynchronousMode,
+		SynchronousNodeCount:       c.SynchronousNodeCount,
+		SynchronousModeStrict:      c.SynchronousModeStrict,
+		PrimaryUnresponsiveTimeout: int(c.UnresponsiveTimeout() / time.Second),
+		PrimaryStartTimeout:        int(c.StartTimeout() / time.Second),
+		Pause:                      st.Paused,
+		PostgreSQL:                 api.PostgreSQLConfig{Parameters: params},
 	}
 }
 
@@ -58,15 +61,6 @@ func (a *Agent) PatchConfig(ctx context.Context, patch map[string]json.RawMessag
 	a.log.Info("dynamic configuration changed", "patch", patchKeys(patch))
 	a.poke()
 	return toAPIConfig(a.raft.ClusterState()), nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func patchKeys(p map[string]json.RawMessage) string {
@@ -109,6 +103,10 @@ func mergeConfig(st raftfsm.State, patch map[string]json.RawMessage) (raftfsm.Dy
 			if err == nil && cfg.SynchronousNodeCount < 1 {
 				err = fmt.Errorf("%s: must be at least 1", key)
 			}
+		case "primary_unresponsive_timeout":
+			err = decodeSeconds(key, raw, 3, &cfg.PrimaryUnresponsiveTimeout)
+		case "primary_start_timeout":
+			err = decodeSeconds(key, raw, 5, &cfg.PrimaryStartTimeout)
 		case "pause":
 			err = strict(key, raw, &paused)
 		case "postgresql":
@@ -125,7 +123,7 @@ func mergeConfig(st raftfsm.State, patch map[string]json.RawMessage) (raftfsm.Dy
 					break
 				}
 				var refused []string
-				for _, name := range sortedKeys(ps) {
+				for _, name := range sortedNames(ps) {
 					v := ps[name]
 					if v == nil || string(*v) == "null" {
 						continue
@@ -151,7 +149,7 @@ func mergeConfig(st raftfsm.State, patch map[string]json.RawMessage) (raftfsm.Dy
 				}
 			}
 		default:
-			return cfg, paused, fmt.Errorf("unknown key %q (dynamic keys: maximum_lag_on_failover, synchronous_mode, synchronous_mode_strict, synchronous_node_count, pause, postgresql.parameters)", key)
+			return cfg, paused, fmt.Errorf("unknown key %q (dynamic keys: maximum_lag_on_failover, synchronous_mode, synchronous_mode_strict, synchronous_node_count, primary_unresponsive_timeout, primary_start_timeout, pause, postgresql.parameters)", key)
 		}
 		if err != nil {
 			return cfg, paused, err
@@ -165,6 +163,28 @@ func mergeConfig(st raftfsm.State, patch map[string]json.RawMessage) (raftfsm.Dy
 		cfg.SynchronousNodeCount = 1
 	}
 	return cfg, paused, nil
+}
+
+// decodeSeconds accepts whole seconds (a number, or a duration such as
+// "10s" or "2m") between least and an hour.
+func decodeSeconds(key string, raw json.RawMessage, least int, out *int) error {
+	var n float64
+	if err := json.Unmarshal(raw, &n); err != nil {
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			return fmt.Errorf("%s: want seconds or a duration such as \"10s\"", key)
+		}
+		d, derr := time.ParseDuration(s)
+		if derr != nil {
+			return fmt.Errorf("%s: %v", key, derr)
+		}
+		n = d.Seconds()
+	}
+	if n != float64(int(n)) || int(n) < least || n > 3600 {
+		return fmt.Errorf("%s: must be whole seconds between %d and 3600, got %v", key, least, n)
+	}
+	*out = int(n)
+	return nil
 }
 
 // decodeSize accepts a number of bytes or a PostgreSQL-style size ("16MB").

@@ -2,10 +2,10 @@ package agent
 
 import (
 	"context"
-	"github.com/jackc/pgx/v5"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/jackc/pgx/v5"
 	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/raftfsm"
@@ -50,6 +50,12 @@ type consensus interface {
 	Stats() map[string]string
 	Barrier(timeout time.Duration) error
 	VerifyLeader(timeout time.Duration) error
+	// LeaseSince, LoopAnswers, SetCut, Cut: see raftfsm.Node and
+	// fence.go.
+	LeaseSince() time.Time
+	LoopAnswers(timeout time.Duration) (answered bool, err error)
+	SetCut(cut bool)
+	Cut() bool
 	StepDown(timeout time.Duration) error
 	Close() error
 }
@@ -94,6 +100,8 @@ type localPG interface {
 	Promote(ctx context.Context) (uint32, error)
 	EnsureSlots(ctx context.Context, want []string) (created, dropped []string, err error)
 	Inspect(ctx context.Context) (pgnode.Inspection, error)
+	Connect(ctx context.Context) (*pgx.Conn, error)
+	RotateLog(max int64, keep int) (bool, error)
 	ConnectTo(ctx context.Context, host string, port int) (*pgx.Conn, error)
 	Close() error
 }

@@ -80,14 +80,22 @@ func (l *haLoop) ensureRunning(ctx context.Context, d pgnode.Desired) error {
 	if !l.pg.Running() {
 		l.setState(cluster.StateStarting)
 		l.log.Info("starting PostgreSQL", "role", d.Role.String())
+		term := l.raft.Term()
 		if d.Role == pgnode.RolePrimary {
-			// Guard it from its first write on.
+			// Guard it from its first write on: armed before the start, so
+			// the watchdog already counts while crash recovery runs.
 			l.guard.arm()
 		}
 		sctx, cancel := context.WithTimeout(ctx, l.cfg.PostgreSQL.StartTimeout.Duration)
 		defer cancel()
 		if err := l.pg.Start(sctx); err != nil {
 			return fmt.Errorf("start: %w", err)
+		}
+		if d.Role == pgnode.RolePrimary && (!l.raft.IsLeader() || l.raft.Term() != term || l.guard.latched()) {
+			// A start (crash recovery) can take long: leadership may have
+			// moved meanwhile. Confirm it again before the first write.
+			_ = l.fence("Raft leadership changed while PostgreSQL started as primary")
+			return fmt.Errorf("start: leadership changed while PostgreSQL started; fenced it")
 		}
 		l.lastStart = time.Now()
 		l.touched = true

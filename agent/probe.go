@@ -10,6 +10,7 @@ import (
 	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/pgnode"
+	"github.com/pgha/pgha/raftfsm"
 )
 
 // probe reads the local PostgreSQL: data directory, system id, and, when
@@ -85,6 +86,7 @@ func (l *haLoop) probe(ctx context.Context) decide.LocalPG {
 	if !p.Running {
 		l.followedTLI = 0 // a new postmaster proves its timeline afresh
 	}
+	l.judgeAnswers(&p, statusOK, time.Now())
 	if p.Running && !p.InRecovery {
 		l.guard.arm()
 	} else {
@@ -103,6 +105,52 @@ func (l *haLoop) probe(ctx context.Context) decide.LocalPG {
 		}
 	})
 	return p
+}
+
+// judgeAnswers fills p.Silent and p.Hung: PostgreSQL is judged by
+// whether it answers a bounded query, not by its process existing (a
+// SIGSTOPped or hung server keeps its process). A postmaster that never
+// answered is starting: it is hung only once postgresql.start_timeout
+// has passed; one that answered before is silent from its last answer,
+// and hung after primary_unresponsive_timeout.
+func (l *haLoop) judgeAnswers(p *decide.LocalPG, answered bool, now time.Time) {
+	if !p.Running {
+		l.pgExited, l.pgLastAnswer, l.connectFailSince = nil, time.Time{}, time.Time{}
+		return
+	}
+	if ex := l.pg.Exited(); ex != l.pgExited {
+		l.pgExited, l.pgSeenAt, l.pgLastAnswer, l.connectFailSince = ex, now, time.Time{}, time.Time{}
+	}
+	// The kept connection answering is not enough when no new session
+	// can be opened: users cannot reach the server either. Once a fresh
+	// connection failed, every round tries one until it works again.
+	if answered && !l.connectFailSince.IsZero() {
+		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if c, err := l.pg.Connect(cctx); err == nil {
+			c.Close(cctx)
+			l.connectFailSince = time.Time{}
+		}
+		cancel()
+	}
+	answered = answered && l.connectFailSince.IsZero()
+	limit := l.unresponsive
+	if limit <= 0 {
+		limit = raftfsm.DefaultPrimaryUnresponsiveTimeout
+	}
+	switch {
+	case answered:
+		l.pgLastAnswer = now
+		l.guard.answeredAt.Store(now.UnixNano())
+	case !l.pgLastAnswer.IsZero():
+		p.Silent = now.Sub(l.pgLastAnswer)
+		p.Hung = p.Silent >= limit
+	default:
+		start := l.cfg.PostgreSQL.StartTimeout.Duration
+		p.Hung = start > 0 && now.Sub(l.pgSeenAt) >= start
+		if p.Hung {
+			p.Silent = now.Sub(l.pgSeenAt)
+		}
+	}
 }
 
 // setState records a transitional state (cloning, starting...) that the

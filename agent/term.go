@@ -47,6 +47,9 @@ type leaderTerm struct {
 	lastTransfer time.Time
 	// sync is the synchronous standby being added, if any.
 	sync syncAdding
+	// failedTransfers counts, per target, the leadership transfers in a
+	// row that did not make it leader (see askPrimary).
+	failedTransfers map[string]int
 }
 
 func newLeaderTerm(number uint64, a *Agent) *leaderTerm {
@@ -63,6 +66,7 @@ func newLeaderTerm(number uint64, a *Agent) *leaderTerm {
 			}
 		},
 		nonvoters: map[string]time.Time{}, refused: map[string]string{}, noticed: map[string]time.Time{},
+		failedTransfers: map[string]int{},
 	}
 }
 
@@ -193,12 +197,28 @@ func (t *leaderTerm) askPrimary(ctx context.Context, st raftfsm.State) decide.Ol
 	}
 	ctx, cancel := context.WithTimeout(ctx, askTimeout)
 	defer cancel()
+	if n := t.failedTransfers[st.Primary.Member]; n >= maxFailedTransfers {
+		// Alive (its API answers) but unable to lead: a one-way partition,
+		// its Raft port blocked, its Raft loop stuck. Handing leadership
+		// back forever would leave the cluster without a primary; not
+		// being leader, it has fenced itself, so it counts as lost.
+		if n == maxFailedTransfers {
+			t.log.Warn("the primary's agent answers but it could not take Raft leadership; treating it as lost",
+				"primary", st.Primary.Member, "failed_transfers", n)
+			t.failedTransfers[st.Primary.Member]++
+		}
+		return decide.OldPrimarySilent
+	}
 	h, err := t.ask(ctx, m.APIAddr)
 	if err == nil && h.Name == st.Primary.Member && !h.Yield {
 		return decide.OldPrimaryAlive
 	}
 	return decide.OldPrimarySilent
 }
+
+// maxFailedTransfers is how many leadership transfers in a row may fail
+// to make a live record holder leader before it counts as lost.
+const maxFailedTransfers = 3
 
 // transferEvery is how often the HA loop may hand leadership over: a
 // transfer takes a moment to show in the FSM and gossip.
@@ -211,7 +231,15 @@ func (t *leaderTerm) transfer(target, reason string, now time.Time) error {
 	}
 	t.lastTransfer = now
 	t.log.Info("transferring raft leadership", "to", target, "reason", reason)
-	return t.transferTo(target)
+	err := t.transferTo(target)
+	if err != nil {
+		if t.failedTransfers != nil {
+			t.failedTransfers[target]++
+		}
+		return err
+	}
+	delete(t.failedTransfers, target)
+	return nil
 }
 
 // transferTo hands Raft leadership to a voter of the configuration and

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgha/pgha/agent/decide"
+	"github.com/pgha/pgha/api"
 	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/raftfsm"
@@ -25,7 +28,7 @@ func threeMembers() raftfsm.State {
 
 func testTerm(r *fakeRaft, allowed func(string, membership.Member) bool) *leaderTerm {
 	return &leaderTerm{number: 7, self: "n1", log: slog.New(slog.NewTextHandler(io.Discard, nil)), raft: r,
-		allowed: allowed, nonvoters: map[string]time.Time{}, refused: map[string]string{}}
+		allowed: allowed, nonvoters: map[string]time.Time{}, refused: map[string]string{}, failedTransfers: map[string]int{}}
 }
 
 func byName(ms ...membership.Member) map[string]membership.Member {
@@ -166,6 +169,39 @@ func TestTransferOnlyToAVoter(t *testing.T) {
 	}
 	if got := r.log(); !slices.Equal(got, []string{"transfer n2"}) {
 		t.Fatalf("transfers %v: want one (at most every %s)", got, transferEvery)
+	}
+}
+
+// TestHolderThatCannotLeadCountsAsLost: a record holder whose agent
+// answers but which never wins the leadership handed to it (a one-way
+// partition, its Raft port blocked) is treated as lost after
+// maxFailedTransfers, instead of being handed leadership forever.
+func TestHolderThatCannotLeadCountsAsLost(t *testing.T) {
+	r := newFakeRaft(threeMembers(), []string{"n1", "n2", "n3"})
+	r.transferErr = errors.New("n1 did not take leadership")
+	term := testTerm(r, allowAll)
+	term.self = "n2"
+	term.ask = func(context.Context, string) (api.HealthInfo, error) { return api.HealthInfo{Name: "n1"}, nil }
+	st := threeMembers()
+	now := time.Now()
+	for i := range maxFailedTransfers {
+		if got := term.askPrimary(context.Background(), st); got != decide.OldPrimaryAlive {
+			t.Fatalf("after %d failed transfers: %v, want alive", i, got)
+		}
+		if err := term.transfer("n1", "test", now.Add(time.Duration(i)*transferEvery)); err == nil {
+			t.Fatal("the failing transfer reported success")
+		}
+	}
+	if got := term.askPrimary(context.Background(), st); got != decide.OldPrimarySilent {
+		t.Fatalf("after %d failed transfers: %v, want the holder treated as lost", maxFailedTransfers, got)
+	}
+	// A transfer that works (to anyone) resets that target's count.
+	r.transferErr = nil
+	if err := term.transfer("n1", "test", now.Add(10*transferEvery)); err != nil {
+		t.Fatal(err)
+	}
+	if got := term.askPrimary(context.Background(), st); got != decide.OldPrimaryAlive {
+		t.Fatalf("after a transfer that worked: %v, want alive", got)
 	}
 }
 

@@ -184,12 +184,15 @@ type HistoryEntry struct {
 // DynamicConfig is the body of GET /config and the result of PATCH
 // /config: the cluster-wide configuration kept in Raft (Patroni's keys).
 type DynamicConfig struct {
-	MaximumLagOnFailover  int64            `json:"maximum_lag_on_failover"`
-	SynchronousMode       bool             `json:"synchronous_mode"`
-	SynchronousNodeCount  int              `json:"synchronous_node_count"`
-	SynchronousModeStrict bool             `json:"synchronous_mode_strict"`
-	Pause                 bool             `json:"pause"`
-	PostgreSQL            PostgreSQLConfig `json:"postgresql"`
+	MaximumLagOnFailover  int64 `json:"maximum_lag_on_failover"`
+	SynchronousMode       bool  `json:"synchronous_mode"`
+	SynchronousNodeCount  int   `json:"synchronous_node_count"`
+	SynchronousModeStrict bool  `json:"synchronous_mode_strict"`
+	// Seconds; the values in force (defaults filled in).
+	PrimaryUnresponsiveTimeout int              `json:"primary_unresponsive_timeout"`
+	PrimaryStartTimeout        int              `json:"primary_start_timeout"`
+	Pause                      bool             `json:"pause"`
+	PostgreSQL                 PostgreSQLConfig `json:"postgresql"`
 }
 
 // PostgreSQLConfig holds the cluster-wide PostgreSQL parameters.

@@ -22,10 +22,13 @@ type PGState string
 
 // The states a member's agent publishes.
 const (
-	StateStopped        PGState = "stopped"
-	StateRunning        PGState = "running"   // accepting connections (a primary, or a replica not streaming)
-	StateStreaming      PGState = "streaming" // a replica whose walreceiver streams
-	StateStarting       PGState = "starting"
+	StateStopped   PGState = "stopped"
+	StateRunning   PGState = "running"   // accepting connections (a primary, or a replica not streaming)
+	StateStreaming PGState = "streaming" // a replica whose walreceiver streams
+	StateStarting  PGState = "starting"
+	// StateUnresponsive: the process runs but has not answered its
+	// agent's probe (a hung server, a stopped process, a frozen disk).
+	StateUnresponsive   PGState = "unresponsive"
 	StateInitializing   PGState = "initializing"
 	StateCloning        PGState = "cloning"
 	StateRewinding      PGState = "rewinding"

@@ -115,8 +115,9 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Cluster == "":
 		v.fail("cluster", "required")
-	case len(c.Cluster) > 255: // memberlist.LabelMaxSize
-		v.fail("cluster", "longer than 255 bytes")
+	case len(c.Cluster) > 63:
+		// It travels in every gossip status, which must fit 512 bytes.
+		v.fail("cluster", "longer than 63 bytes")
 	}
 	if c.DataDir == "" {
 		v.fail("data_dir", "required")

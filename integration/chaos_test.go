@@ -65,10 +65,15 @@ const (
 	kindPartitionPrimary chaosKind = "partition-primary"
 	kindPartitionReplica chaosKind = "partition-replica"
 	kindRestartAll       chaosKind = "restart-all"
+	// kindHangPostgres stops every PostgreSQL process of the node (not
+	// its agent): a hung server. Held past primary_unresponsive_timeout
+	// (10 s) on the primary it is fenced and failed over; shorter, the
+	// writes just wait.
+	kindHangPostgres chaosKind = "hang-postgres"
 )
 
 var chaosKinds = []chaosKind{kindKillAgent, kindKillPostmaster, kindKillNode, kindFreezeNode,
-	kindPartitionPrimary, kindPartitionReplica, kindRestartAll}
+	kindPartitionPrimary, kindPartitionReplica, kindRestartAll, kindHangPostgres}
 
 // holdRange bounds how long a fault lasts before it is healed: the agent
 // or node restarted, the node resumed, the link restored. A postmaster
@@ -83,6 +88,8 @@ func holdRange(k chaosKind) (lo, hi time.Duration) {
 		return 3 * time.Second, 10 * time.Second
 	case kindRestartAll:
 		return 500 * time.Millisecond, 3 * time.Second
+	case kindHangPostgres:
+		return 4 * time.Second, 16 * time.Second
 	}
 	return 0, 0
 }
@@ -555,6 +562,18 @@ func (r *chaosRun) inject(f plannedFault, ci api.ClusterInfo, rec *faultRecord) 
 		// of the node stops, as in a paused VM.
 		begin()
 		r.freeze(-agent)
+		r.freeze(pm)
+		for _, pid := range postgresChildren(pm) {
+			r.freeze(pid)
+		}
+		r.sleep(f.Hold)
+		r.thaw()
+	case kindHangPostgres:
+		pm, err := e.postmaster(target)
+		if err != nil {
+			return err
+		}
+		begin()
 		r.freeze(pm)
 		for _, pid := range postgresChildren(pm) {
 			r.freeze(pid)

@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,6 +49,27 @@ func (c *Cluster) waitNewPrimary(t *testing.T, old string, timeout time.Duration
 }
 
 // insert writes one row directly on nd's PostgreSQL.
+// childPIDs lists the processes whose parent is pid.
+func childPIDs(pid int) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(stat), ')')
+		if f := strings.Fields(string(stat[i+1:])); i > 0 && len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 func insert(ctx context.Context, nd *Node, id int) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -310,6 +333,71 @@ func TestFailoverScenarios(t *testing.T) {
 		if n := accepted.Load(); n > 0 {
 			t.Errorf("the old primary accepted %d direct writes after it was resumed", n)
 		}
+		c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
+	}) {
+		return
+	}
+
+	if !t.Run("hung PostgreSQL on the primary fails over", func(t *testing.T) {
+		// The postmaster and every backend stopped (SIGSTOP to each: the
+		// backends call setsid, so the postmaster's process group is the
+		// postmaster alone): the processes exist, the agent, Raft and
+		// gossip are fine,
+		// but nothing answers. Judged by its probe, the primary is shown
+		// as unresponsive, fenced after primary_unresponsive_timeout (10 s
+		// by default) and handed over.
+		old := c.primaryNode(t)
+		pm := postmasterPID(old)
+		if pm <= 0 {
+			t.Fatal("no postmaster pid")
+		}
+		procs := append([]int{pm}, childPIDs(pm)...)
+		start := time.Now()
+		for _, p := range procs {
+			syscall.Kill(p, syscall.SIGSTOP)
+		}
+		resume := func() {
+			for _, p := range procs {
+				syscall.Kill(p, syscall.SIGCONT)
+			}
+		}
+		defer resume()
+		var shown time.Duration
+		testutil.WaitFor(t, 15*time.Second, old.Name+" listed as unresponsive", func() error {
+			ci, err := c.Info()
+			if err != nil {
+				return err
+			}
+			for _, m := range ci.Members {
+				if m.Name == old.Name && m.State == "unresponsive" {
+					shown = time.Since(start)
+					return nil
+				}
+			}
+			return fmt.Errorf("not yet: %+v", ci.Members)
+		})
+		newP := c.waitNewPrimary(t, old.Name, 30*time.Second)
+		testutil.WaitFor(t, 30*time.Second, "a write on the new primary", func() error { return insert(ctx, newP, nextID) })
+		nextID++
+		took := time.Since(start)
+		t.Logf("hung primary: listed as unresponsive after %.1fs, a write on %s after %.1fs", shown.Seconds(), newP.Name, took.Seconds())
+		if shown > 3500*time.Millisecond {
+			t.Errorf("the hung primary was listed as unresponsive only after %s, want within about 3 s", shown.Round(100*time.Millisecond))
+		}
+		if took > 15*time.Second {
+			t.Errorf("writes on another node %s after the hang, want <= 15 s", took.Round(100*time.Millisecond))
+		}
+		// No two writers: the old postmaster was fenced (killed, which a
+		// stopped process cannot ignore), not merely left stopped.
+		testutil.WaitFor(t, 5*time.Second, "the old postmaster gone", func() error {
+			if syscall.Kill(pm, 0) == nil {
+				if stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pm)); !strings.Contains(string(stat), ") Z") {
+					return fmt.Errorf("postmaster %d still exists", pm)
+				}
+			}
+			return nil
+		})
+		resume()
 		c.WaitHealthy(2*time.Minute, "n1", "n2", "n3")
 	}) {
 		return

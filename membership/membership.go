@@ -59,13 +59,24 @@ type Meta struct {
 	Err       string          `json:"x,omitempty"`  // last error, shortened
 	Wait      string          `json:"wt,omitempty"` // why the node is waiting, shortened
 	At        int64           `json:"t,omitempty"`  // unix ms when the status was last published (the heartbeat renews it)
+	// Host is set on the wire only: the host the addresses above share,
+	// which they then carry as ":port" (EncodeMeta; DecodeMeta expands
+	// them). Five 63-character host names would not fit otherwise.
+	Host string `json:"h,omitempty"`
 }
 
 // MaxMeta is memberlist's limit on node metadata.
 const MaxMeta = memberlist.MetaMaxSize
 
-// EncodeMeta marshals m, shortening Err so the result fits in MaxMeta.
+// EncodeMeta marshals m so that it fits in MaxMeta: the addresses share
+// their host once, the wait reason is bounded, and the error, then the
+// wait reason, are shortened as far as needed. What still does not fit
+// (addresses too long, which Config validation prevents) is an error.
 func EncodeMeta(m Meta) ([]byte, error) {
+	compactAddrs(&m)
+	if len(m.Version) > 24 {
+		m.Version = truncate(m.Version, 24)
+	}
 	if len(m.Wait) > 160 {
 		m.Wait = truncate(m.Wait, 157) + "..."
 	}
@@ -77,26 +88,71 @@ func EncodeMeta(m Meta) ([]byte, error) {
 		if len(b) <= MaxMeta {
 			return b, nil
 		}
+		field := &m.Err
 		if m.Err == "" {
-			return nil, fmt.Errorf("gossip metadata is %d bytes, over memberlist's %d", len(b), MaxMeta)
+			field = &m.Wait
+		}
+		if *field == "" {
+			return nil, fmt.Errorf("gossip metadata is %d bytes, over memberlist's %d (are the advertised addresses very long?)", len(b), MaxMeta)
 		}
 		// The overshoot counts JSON escapes, so it may exceed the raw
 		// message: cut at most half of what is left per pass, so the loop
 		// ends quickly and keeps as much of the message as fits.
-		msg := strings.TrimSuffix(m.Err, "...")
+		msg := strings.TrimSuffix(*field, "...")
 		keep := len(msg) - (len(b) - MaxMeta) - 3
 		if keep < len(msg)/2 {
 			keep = len(msg) / 2
 		}
 		if keep <= 0 {
-			m.Err = ""
+			*field = ""
 			continue
 		}
-		m.Err = truncate(msg, keep) + "..."
+		*field = truncate(msg, keep) + "..."
 	}
 }
 
-// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+// addrFields are the addresses compactAddrs shares the host of.
+func addrFields(m *Meta) []*string { return []*string{&m.Raft, &m.API, &m.PG, &m.Write, &m.Read} }
+
+// compactAddrs writes the host most addresses share once (m.Host) and
+// those addresses as ":port".
+func compactAddrs(m *Meta) {
+	count := map[string]int{}
+	for _, f := range addrFields(m) {
+		if h, _, err := net.SplitHostPort(*f); err == nil && h != "" {
+			count[h]++
+		}
+	}
+	best := ""
+	for h, n := range count {
+		if n > count[best] || (n == count[best] && h < best) {
+			best = h
+		}
+	}
+	if count[best] < 2 {
+		return
+	}
+	m.Host = best
+	for _, f := range addrFields(m) {
+		if h, port, err := net.SplitHostPort(*f); err == nil && h == best {
+			*f = ":" + port
+		}
+	}
+}
+
+// expandAddrs undoes compactAddrs.
+func expandAddrs(m *Meta) {
+	if m.Host == "" {
+		return
+	}
+	for _, f := range addrFields(m) {
+		if strings.HasPrefix(*f, ":") {
+			*f = net.JoinHostPort(m.Host, (*f)[1:])
+		}
+	}
+	m.Host = ""
+}
+
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -117,6 +173,7 @@ func DecodeMeta(b []byte) (Meta, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return m, fmt.Errorf("decode gossip metadata: %w", err)
 	}
+	expandAddrs(&m)
 	return m, nil
 }
 
@@ -498,6 +555,7 @@ type metaDelegate struct {
 	mu       sync.Mutex
 	meta     Meta
 	raw      []byte
+	failed   bool // the last set could not be encoded (see setIf)
 	onNotice func(from, text string)
 }
 
@@ -511,12 +569,19 @@ func (d *metaDelegate) set(m Meta) (bool, error) {
 // value; checked under the same lock as the write.
 func (d *metaDelegate) setIf(m Meta, ok func(cur Meta) bool) (bool, error) {
 	b, err := EncodeMeta(m)
-	if err != nil {
-		return false, err
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err != nil {
+		// The published status is now older than the node's: it must
+		// not look fresh, so the heartbeat stops renewing it (Touch)
+		// until a status is published again.
+		d.failed = true
+		return false, err
+	}
 	if ok != nil {
+		if d.failed {
+			return false, errors.New("the last status could not be published; not renewing the previous one")
+		}
 		// Only the timestamp may move: anything else changed meanwhile
 		// means a newer status was published; keep it.
 		cur := d.meta
@@ -526,6 +591,9 @@ func (d *metaDelegate) setIf(m Meta, ok func(cur Meta) bool) (bool, error) {
 		}
 	}
 	d.meta = m
+	if ok == nil {
+		d.failed = false
+	}
 	if string(b) == string(d.raw) {
 		return false, nil
 	}

@@ -634,3 +634,82 @@ func TestEncodeMeta_WireKeys(t *testing.T) {
 		t.Fatalf("wire form %s, want keys %v", b, want)
 	}
 }
+
+// TestEncodeMeta_WorstCaseFits: every variable field at its bound
+// (63-character host names in every address, a 63-character cluster
+// name, the largest numbers, a long wait reason and error full of JSON
+// escapes) still fits memberlist's 512 bytes, and the addresses come
+// back whole.
+func TestEncodeMeta_WorstCaseFits(t *testing.T) {
+	host := strings.Repeat("h", 55) + ".example" // 63 characters
+	addr := func(port string) string { return host + ":" + port }
+	base := membership.Meta{
+		Cluster: strings.Repeat("c", 63), Version: "v0.0.0-0123456789abcdef-dirty",
+		Raft: addr("65531"), API: addr("65532"), PG: addr("65533"), Write: addr("65534"), Read: addr("65535"),
+		Expect: 99, NoFail: true, NoLB: true, Priority: 999999, Leaving: true,
+		Err:  strings.Repeat(`"quoted" \ error `, 40),
+		Wait: strings.Repeat("waiting for the primary to come back ", 10),
+		At:   9999999999999,
+	}
+	// A node asking to join (the join fields, no PostgreSQL yet) and a
+	// running member (positions, no join fields): the two states with
+	// the most fields set.
+	joining, running := base, base
+	joining.Join, joining.JoinProof, joining.Seen, joining.Role, joining.PGState = true, strings.Repeat("p", 22), strings.Repeat("s", 13), "replica", "reinitializing"
+	running.HasRaft, running.Role, running.PGState, running.Pending = true, "replica", "reinitializing", true
+	running.Timeline, running.WAL, running.Recv, running.SysID = 4294967295, 18446744073709551615, 18446744073709551615, 18446744073709551615
+	for name, in := range map[string]membership.Meta{"joining": joining, "running": running} {
+		b, err := membership.EncodeMeta(in)
+		if err != nil {
+			t.Fatalf("%s: worst case does not fit: %v", name, err)
+		}
+		if len(b) > membership.MaxMeta {
+			t.Fatalf("%s: %d bytes", name, len(b))
+		}
+		out, err := membership.DecodeMeta(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []struct{ name, got, want string }{{"raft", out.Raft, in.Raft}, {"api", out.API, in.API},
+			{"pg", out.PG, in.PG}, {"write", out.Write, in.Write}, {"read", out.Read, in.Read}} {
+			if f.got != f.want {
+				t.Errorf("%s: %s = %q after a round trip, want %q", name, f.name, f.got, f.want)
+			}
+		}
+		if out.Cluster != in.Cluster || out.WAL != in.WAL || out.Host != "" {
+			t.Errorf("%s: round trip: %+v", name, out)
+		}
+		if out.Wait == "" {
+			t.Errorf("%s: the wait reason was dropped although some of it fits", name)
+		}
+	}
+}
+
+// TestSetMetaFailureIsNotRenewed: a status that cannot be published
+// leaves the previous one in place, and the heartbeat must not make that
+// one look fresh.
+func TestSetMetaFailureIsNotRenewed(t *testing.T) {
+	n := startNode(t, "n1", "c", testutil.FreePort(t))
+	defer n.stop(t)
+	g := n.Gossip
+	good := membership.Meta{Cluster: "c", Role: "primary", At: 1}
+	if err := g.SetMeta(good); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Touch(2); err != nil {
+		t.Fatalf("touch after a good status: %v", err)
+	}
+	bad := membership.Meta{Cluster: "c", Role: "replica", PG: strings.Repeat("h", membership.MaxMeta), At: 3}
+	if err := g.SetMeta(bad); err == nil {
+		t.Fatal("an oversized status was accepted")
+	}
+	if err := g.Touch(4); err == nil {
+		t.Fatal("the heartbeat renewed the previous status after a failed publish")
+	}
+	if err := g.SetMeta(membership.Meta{Cluster: "c", Role: "replica", At: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Touch(6); err != nil {
+		t.Fatalf("touch after a good status again: %v", err)
+	}
+}

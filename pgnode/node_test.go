@@ -621,3 +621,47 @@ func parentPID(pid int) int {
 	_, ppid, _ := procStat(pid)
 	return ppid
 }
+
+// TestRotateLog: postgresql.log past its limit is copied to .1 and
+// emptied in place (the server keeps its descriptor); older files shift
+// and at most keep are kept.
+func TestRotateLog(t *testing.T) {
+	base := tempDir(t)
+	cfg := nodeConfig(t, base, "n1", 5432)
+	n := mustNew(t, cfg)
+	defer n.Close()
+	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := n.LogFile()
+	// The server's descriptor: opened once, appended to throughout.
+	server, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	for round := 1; round <= 4; round++ {
+		fmt.Fprintf(server, "round %d %s\n", round, strings.Repeat("x", 200))
+		if rotated, err := n.RotateLog(100, 3); err != nil || !rotated {
+			t.Fatalf("round %d: rotated %v, %v", round, rotated, err)
+		}
+		if st, _ := os.Stat(path); st.Size() != 0 {
+			t.Fatalf("round %d: log not emptied (%d bytes)", round, st.Size())
+		}
+	}
+	fmt.Fprintln(server, "after")
+	if b, _ := os.ReadFile(path); string(b) != "after\n" {
+		t.Fatalf("the server's next line = %q, want it at the start of the emptied log", b)
+	}
+	for i, want := range map[int]string{1: "round 4", 2: "round 3", 3: "round 2"} {
+		if b, err := os.ReadFile(fmt.Sprintf("%s.%d", path, i)); err != nil || !strings.HasPrefix(string(b), want) {
+			t.Errorf("%s.%d = %.10q, %v; want %q", path, i, b, err, want)
+		}
+	}
+	if _, err := os.Stat(path + ".4"); err == nil {
+		t.Error("more than 3 rotated files kept")
+	}
+	if rotated, _ := n.RotateLog(100, 3); rotated {
+		t.Error("a small log was rotated")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -543,4 +544,56 @@ func (n *Node) Fence(grace time.Duration) error {
 	case <-time.After(escalateWait):
 		return fmt.Errorf("fence: postgres (pid %d) still running after SIGKILL", pm.pid)
 	}
+}
+
+// Log rotation. PostgreSQL writes its log to a file the agent opened
+// for it (O_APPEND), so the file is rotated by copy and truncate, as
+// logrotate's copytruncate does: the server never reopens anything, and
+// its next line lands at the start of the emptied file. Lines written
+// between the copy and the truncate (microseconds) can be lost.
+const (
+	// LogMaxSize is the size past which postgresql.log is rotated.
+	LogMaxSize = 10 << 20
+	// LogKeep is how many rotated files are kept (postgresql.log.1 is
+	// the newest).
+	LogKeep = 5
+)
+
+// RotateLog rotates postgresql.log when it is larger than max, keeping
+// keep older files; it reports whether it did.
+func (n *Node) RotateLog(max int64, keep int) (bool, error) {
+	path := n.LogFile()
+	st, err := os.Lstat(path)
+	if err != nil || !st.Mode().IsRegular() || st.Size() <= max {
+		return false, nil
+	}
+	n.opMu.Lock() // not while a start reads the log's tail
+	defer n.opMu.Unlock()
+	for i := keep - 1; i >= 1; i-- {
+		from, to := fmt.Sprintf("%s.%d", path, i), fmt.Sprintf("%s.%d", path, i+1)
+		if err := os.Rename(from, to); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return false, fmt.Errorf("rotate log: %w", err)
+		}
+	}
+	f, err := safefile.OpenAppend(path, 0o600, n.owner())
+	if err != nil {
+		return false, fmt.Errorf("rotate log: %w", err)
+	}
+	defer f.Close()
+	r, err := safefile.OpenRead(path)
+	if err != nil {
+		return false, fmt.Errorf("rotate log: %w", err)
+	}
+	data, err := io.ReadAll(io.NewSectionReader(r, 0, 4*max))
+	r.Close()
+	if err != nil {
+		return false, fmt.Errorf("rotate log: %w", err)
+	}
+	if _, err := safefile.Replace(path+".1", data, 0o600, n.owner()); err != nil {
+		return false, fmt.Errorf("rotate log: %w", err)
+	}
+	if err := f.Truncate(0); err != nil {
+		return false, fmt.Errorf("rotate log: %w", err)
+	}
+	return true, nil
 }

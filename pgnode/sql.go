@@ -55,6 +55,14 @@ func (n *Node) Connect(ctx context.Context) (*pgx.Conn, error) {
 	return n.connectTo(ctx, n.connectHost(), n.cfg.Port)
 }
 
+// ErrConnect marks a failure to open a management connection (as
+// opposed to a query failing on one): the server accepts no new session.
+var ErrConnect = errors.New("no new connection")
+
+// connectTimeout bounds opening a management connection (a fork and a
+// SCRAM exchange on the server: milliseconds, seconds under heavy load).
+const connectTimeout = 4 * time.Second
+
 // ConnectTo opens a management connection to another member's
 // PostgreSQL, with this node's credentials and TLS (every TCP line of
 // pg_hba.conf requires TLS when the cluster has it).
@@ -82,9 +90,14 @@ func (n *Node) connectTo(ctx context.Context, host string, port int) (*pgx.Conn,
 	}
 	cfg.RuntimeParams["synchronous_commit"] = "local"
 	cfg.RuntimeParams["statement_timeout"] = "5s"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	// Bounded whatever the caller's context: a server that accepts TCP
+	// but does not answer (stopped, hung) must not hold up the HA loop
+	// for longer than this.
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(cctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), err)
+		return nil, fmt.Errorf("connect %s: %w: %w", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), ErrConnect, err)
 	}
 	return conn, nil
 }

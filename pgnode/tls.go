@@ -97,7 +97,9 @@ func (n *Node) sslConninfo(kv map[string]string) map[string]string {
 func (n *Node) sslManagement(kv map[string]string) map[string]string {
 	t := n.cfg.TLS
 	if !t.Enabled() {
-		kv["sslmode"] = "prefer"
+		// Not prefer: against a server that hangs, prefer waits out the
+		// connect timeout twice (TLS, then plain).
+		kv["sslmode"] = "disable"
 		return kv
 	}
 	kv["sslmode"] = "verify-ca"

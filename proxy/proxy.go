@@ -348,6 +348,19 @@ func (p *Proxy) allowed(c *net.TCPConn) bool {
 	return false
 }
 
+// refuse answers c with answer in a goroutine of its own, unless
+// maxRefusing answers are already under way: then c is just closed.
+func (p *Proxy) refuse(pt *port, c *net.TCPConn, answer func(*port, *net.TCPConn)) {
+	pt.refused.Add(1)
+	if pt.refusing.Add(1) > maxRefusing {
+		pt.refusing.Add(-1)
+		c.Close()
+		return
+	}
+	p.wg.Add(1)
+	go answer(pt, c)
+}
+
 func (p *Proxy) acceptLoop(pt *port) {
 	defer p.wg.Done()
 	var backoff time.Duration
@@ -378,26 +391,12 @@ func (p *Proxy) acceptLoop(pt *port) {
 		pt.total.Add(1)
 		if !p.allowed(c) {
 			pt.denied.Add(1)
-			pt.refused.Add(1)
-			if pt.refusing.Add(1) > maxRefusing {
-				pt.refusing.Add(-1)
-				c.Close()
-				continue
-			}
-			p.wg.Add(1)
-			go p.refuseDenied(pt, c)
+			p.refuse(pt, c, p.refuseDenied)
 			continue
 		}
 		if pt.current.Add(1) > int64(p.cfg.MaxConn) {
 			pt.current.Add(-1)
-			pt.refused.Add(1)
-			if pt.refusing.Add(1) > maxRefusing {
-				pt.refusing.Add(-1)
-				c.Close()
-				continue
-			}
-			p.wg.Add(1)
-			go p.refuseFull(pt, c)
+			p.refuse(pt, c, p.refuseFull)
 			continue
 		}
 		p.wg.Add(1)

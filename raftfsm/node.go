@@ -35,6 +35,13 @@ type Options struct {
 	// (tlsconf's Server and PeerClient); both nil means plain TCP.
 	TLSServer *tls.Config
 	TLSClient *tls.Config
+	// RestartQuiet is how long a node that restarts with Raft state
+	// stays out of elections (it neither votes nor campaigns): it may
+	// have heard the old leader just before it went down, and a vote
+	// given sooner than a heartbeat timeout after that would break the
+	// fencing arithmetic (agent/fence.go) that lets a new leader promote
+	// once the old primary has surely stopped.
+	RestartQuiet time.Duration
 }
 
 // Node is the local Raft server with pgha's FSM.
@@ -43,6 +50,7 @@ type Node struct {
 	raft  *raft.Raft
 	fsm   *FSM
 	trans *raft.NetworkTransport
+	lt    *leaseTransport // trans as Raft uses it: lease and cut
 	tls   *TLSStreamLayer // nil on plain TCP
 	// probeFailed remembers failed TLS checks of joining nodes (see probe).
 	probeMu     sync.Mutex
@@ -137,13 +145,17 @@ func Open(o Options) (*Node, error) {
 		return nil, err
 	}
 	fsm := NewFSM()
-	r, err := raft.NewRaft(conf, fsm, store, store, snaps, trans)
+	if hadState && o.RestartQuiet > 0 {
+		time.Sleep(o.RestartQuiet)
+	}
+	lt := newLeaseTransport(trans)
+	r, err := raft.NewRaft(conf, fsm, store, store, snaps, lt)
 	if err != nil {
 		trans.Close()
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	return &Node{id: o.ID, raft: r, fsm: fsm, trans: trans, tls: stream, store: store, notify: notify, hadState: hadState,
+	return &Node{id: o.ID, raft: r, fsm: fsm, trans: trans, lt: lt, tls: stream, store: store, notify: notify, hadState: hadState,
 		heartbeat: conf.HeartbeatTimeout, election: conf.ElectionTimeout, lease: conf.LeaderLeaseTimeout}, nil
 }
 
@@ -319,6 +331,50 @@ func (n *Node) VerifyLeader(timeout time.Duration) error {
 		return fmt.Errorf("%w: leadership not confirmed within %s", ErrNotLeader, timeout)
 	}
 }
+
+// LeaseSince returns when a quorum of voters last accepted this node as
+// their leader in the current term (the send time of the requests they
+// answered; see leaseTransport), zero when this node does not lead or no
+// quorum answered yet. Neither Raft's main loop nor the disk is waited
+// for: the heartbeats feed it.
+func (n *Node) LeaseSince() time.Time {
+	if n.raft.State() != raft.Leader {
+		return time.Time{}
+	}
+	servers, err := n.Servers()
+	if err != nil {
+		return time.Time{}
+	}
+	var voters []raft.ServerID
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			voters = append(voters, s.ID)
+		}
+	}
+	return n.lt.leaseSince(raft.ServerID(n.id), voters, n.raft.CurrentTerm(), time.Now())
+}
+
+// LoopAnswers asks Raft's main loop to confirm leadership and reports
+// whether the loop answered at all (yes or no) within timeout: a loop
+// stuck on a hung disk does not. err is the answer.
+func (n *Node) LoopAnswers(timeout time.Duration) (answered bool, err error) {
+	done := make(chan error, 1)
+	go func() { done <- n.raft.VerifyLeader().Error() }()
+	select {
+	case err := <-done:
+		return true, err
+	case <-time.After(timeout):
+		return false, nil
+	}
+}
+
+// SetCut cuts (or restores) this node's outgoing Raft traffic: while
+// cut, its followers stop hearing from it and elect another leader. For
+// a leader whose main loop is stuck (see leaseTransport).
+func (n *Node) SetCut(cut bool) { n.lt.cut.Store(cut) }
+
+// Cut reports whether the transport is cut.
+func (n *Node) Cut() bool { return n.lt.cut.Load() }
 
 // Servers returns the latest Raft configuration.
 func (n *Node) Servers() ([]raft.Server, error) {

@@ -94,6 +94,36 @@ type DynamicConfig struct {
 	// Parameters are PostgreSQL settings applied on every member (a
 	// member's own postgresql.parameters override them).
 	Parameters map[string]string `json:"parameters,omitempty"`
+	// PrimaryUnresponsiveTimeout, in seconds (0: the default, 10): a
+	// primary whose PostgreSQL has not answered its agent's probe for this
+	// long is fenced and handed over.
+	PrimaryUnresponsiveTimeout int `json:"primary_unresponsive_timeout,omitempty"`
+	// PrimaryStartTimeout, in seconds (0: the default, 30): a record
+	// holder that leads but has not run PostgreSQL as primary for this
+	// long (a start or crash recovery that does not end) yields the role.
+	PrimaryStartTimeout int `json:"primary_start_timeout,omitempty"`
+}
+
+// Defaults of the timeouts above.
+const (
+	DefaultPrimaryUnresponsiveTimeout = 10 * time.Second
+	DefaultPrimaryStartTimeout        = 30 * time.Second
+)
+
+// UnresponsiveTimeout is PrimaryUnresponsiveTimeout as a duration.
+func (c DynamicConfig) UnresponsiveTimeout() time.Duration {
+	if c.PrimaryUnresponsiveTimeout <= 0 {
+		return DefaultPrimaryUnresponsiveTimeout
+	}
+	return time.Duration(c.PrimaryUnresponsiveTimeout) * time.Second
+}
+
+// StartTimeout is PrimaryStartTimeout as a duration.
+func (c DynamicConfig) StartTimeout() time.Duration {
+	if c.PrimaryStartTimeout <= 0 {
+		return DefaultPrimaryStartTimeout
+	}
+	return time.Duration(c.PrimaryStartTimeout) * time.Second
 }
 
 // DefaultDynamicConfig is what a fresh cluster starts with.

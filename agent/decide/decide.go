@@ -48,6 +48,13 @@ type LocalPG struct {
 	// past the point where the new primary's timeline forked cannot follow
 	// it, and says so in its log forever unless it is rewound.
 	OldTimelineFor time.Duration
+	// Silent is how long the running PostgreSQL has not answered its
+	// probe, counted from its last answer (0 while it answers, and while
+	// a postmaster that never answered starts). Hung: silent for longer
+	// than primary_unresponsive_timeout, or starting for longer than the
+	// start timeout.
+	Silent time.Duration
+	Hung   bool
 }
 
 // Role is what the local PostgreSQL runs as.
@@ -67,6 +74,8 @@ func (l LocalPG) State() cluster.PGState {
 	switch {
 	case !l.Running:
 		return cluster.StateStopped
+	case l.Silent > 0 || l.Hung:
+		return cluster.StateUnresponsive
 	case l.InRecovery && l.Streaming:
 		return cluster.StateStreaming
 	}
@@ -249,6 +258,17 @@ func decideSelfPrimary(in Input) []Action {
 			return []Action{{Kind: ActRecordSystemID}}
 		}
 		return []Action{{Kind: ActWait, Reason: "local data directory state unknown"}}
+	}
+	if in.PG.Running && in.PG.Hung && !st.Paused {
+		// Judged by what its users see, not by its process existing: a
+		// primary that does not answer is fenced, and (Yield) handed over.
+		return []Action{{Kind: ActFence, Reason: fmt.Sprintf("PostgreSQL has not answered its probe for %s; fencing it so that another member takes over", in.PG.Silent.Round(time.Second))}}
+	}
+	if in.PG.Running && in.PG.Silent > 0 && !in.PG.InRecovery {
+		// Not answering, not yet judged hung: touch nothing (each query
+		// would wait out its own timeout and hold up the loop that must
+		// publish and judge it).
+		return []Action{{Kind: ActWait, Reason: "PostgreSQL does not answer its probe"}}
 	}
 	if in.Yield && !(in.PG.Running && !in.PG.InRecovery) && !st.Paused {
 		// We cannot serve: hand leadership to the best candidate, which

@@ -89,6 +89,8 @@ var allVoters = map[string]bool{"n1": true, "n2": true, "n3": true}
 
 func TestDecide(t *testing.T) {
 	runningPrimary := LocalPG{Data: DataValid, SysID: sysid, Running: true}
+	hungPrimary := LocalPG{Data: DataValid, SysID: sysid, Running: true, Silent: 11 * time.Second, Hung: true}
+	silentPrimary := LocalPG{Data: DataValid, SysID: sysid, Running: true, Silent: 4 * time.Second}
 	runningReplica := LocalPG{Data: DataValid, SysID: sysid, Running: true, InRecovery: true, Streaming: true, Receive: 1000, WAL: 1000}
 	stopped := LocalPG{Data: DataValid, SysID: sysid}
 	stoppedExPrimary := LocalPG{Data: DataValid, SysID: sysid, WasPrimary: true, CtlTimeline: 1}
@@ -158,6 +160,12 @@ func TestDecide(t *testing.T) {
 		{"stale ex-primary on an older timeline refuses to start as primary", Input{Self: "n1", Leader: true, State: onTimeline3, PG: stoppedExPrimary}, "refuse", "timeline"},
 		{"primary record without leadership: fence", Input{Self: "n1", State: fsmState("n1", false), PG: runningPrimary}, "fence", "leadership"},
 		{"primary record without leadership: stay stopped", Input{Self: "n1", State: fsmState("n1", false), PG: stopped}, "wait", "leadership"},
+		// A hung PostgreSQL on the primary (gray failure): fenced, then
+		// handed over; in maintenance mode nothing is done.
+		{"a hung primary is fenced", Input{Self: "n1", Leader: true, State: fsmState("n1", false), Gossip: replicasUp, PG: hungPrimary, Voters: allVoters}, "fence", "not answered its probe"},
+		{"a hung primary that yields is fenced before the handover", Input{Self: "n1", Leader: true, Yield: true, State: fsmState("n1", false), Gossip: replicasUp, PG: hungPrimary, Voters: allVoters}, "fence", "not answered"},
+		{"a hung primary is not fenced in maintenance mode", Input{Self: "n1", Leader: true, State: withState(func(s *raftfsm.State) { s.Paused = true }), Gossip: replicasUp, PG: hungPrimary, Voters: allVoters}, "wait", "does not answer"},
+		{"a silent but not yet hung primary is left alone, and waits", Input{Self: "n1", Leader: true, State: fsmState("n1", false), Gossip: replicasUp, PG: silentPrimary, Voters: allVoters}, "wait", "does not answer its probe"},
 		{"a yielding record holder hands leadership to the best candidate", Input{Self: "n1", Leader: true, Yield: true, State: fsmState("n1", false), Gossip: replicasUp, PG: stoppedExPrimary, Voters: allVoters}, "transfer-leadership:n2", "cannot run"},
 		{"a yielding record holder with no candidate says why", Input{Self: "n1", Leader: true, Yield: true, State: fsmState("n1", false), Gossip: gossipOf(map[string]string{"n2": "stopped", "n3": "stopped"}), PG: stoppedExPrimary, Voters: allVoters}, "refuse", "no member can take over"},
 		{"recorded primary with empty data refuses", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: empty}, "refuse", "empty"},

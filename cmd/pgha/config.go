@@ -23,6 +23,8 @@ func printConfig(w io.Writer, dc api.DynamicConfig) {
 	fmt.Fprintf(w, "synchronous_mode: %v\n", dc.SynchronousMode)
 	fmt.Fprintf(w, "synchronous_mode_strict: %v\n", dc.SynchronousModeStrict)
 	fmt.Fprintf(w, "synchronous_node_count: %d\n", dc.SynchronousNodeCount)
+	fmt.Fprintf(w, "primary_unresponsive_timeout: %d\n", dc.PrimaryUnresponsiveTimeout)
+	fmt.Fprintf(w, "primary_start_timeout: %d\n", dc.PrimaryStartTimeout)
 	fmt.Fprintf(w, "pause: %v\n", dc.Pause)
 	fmt.Fprintln(w, "postgresql:")
 	fmt.Fprintln(w, "  parameters:")
@@ -42,7 +44,7 @@ func editConfigCommand() *cli.Command {
 		Usage:     "change the dynamic configuration through Raft: --set key=value, --pg name=value (name= removes it)",
 		ArgsUsage: " ",
 		Flags: append(clientFlags(),
-			&cli.StringSliceFlag{Name: "set", Usage: "`KEY=VALUE` of the dynamic configuration (maximum_lag_on_failover, synchronous_mode, synchronous_mode_strict, synchronous_node_count)"},
+			&cli.StringSliceFlag{Name: "set", Usage: "`KEY=VALUE` of the dynamic configuration (maximum_lag_on_failover, synchronous_mode, synchronous_mode_strict, synchronous_node_count, primary_unresponsive_timeout, primary_start_timeout)"},
 			&cli.StringSliceFlag{Name: "pg", Usage: "PostgreSQL parameter `NAME=VALUE` for every member; NAME= removes it"},
 			outputFlag()),
 		Action: func(c *cli.Context) error {
