@@ -42,8 +42,9 @@ import (
 //     heartbeats go on and no follower elects anyone): the node fences
 //     and cuts its Raft transport, so its followers stop hearing from it
 //     and elect; once the loop answers again the transport is restored
-//     and Raft finds itself superseded. raftStallLimit is well above the
-//     fsync stalls a bulk load causes (2-3 s measured here).
+//     and Raft finds itself superseded. raftStallLimit is above the
+//     fsync stalls a bulk load caused here (2-3 s); a longer stall
+//     costs a failover, as a hang would.
 const (
 	fenceSlack  = 100 * time.Millisecond
 	fenceBudget = 1000 * time.Millisecond
@@ -52,7 +53,7 @@ const (
 	// verifyEvery is how often a fenced leader rereads its lease to clear
 	// the latch (the heartbeats renew it ten times a second).
 	verifyEvery   = 250 * time.Millisecond
-	loopPingEvery = 1 * time.Second
+	loopPingEvery = 500 * time.Millisecond
 )
 
 // raftStallLimit: see above (a variable so that tests can shorten it).
@@ -84,7 +85,8 @@ type watchdog struct {
 	// the watchdog even if the HA loop itself is stuck (the probe's own
 	// staleness counts).
 	answeredAt  atomic.Int64  // unix ns
-	silentLimit atomic.Int64  // ns
+	armedAt     atomic.Int64  // unix ns: when armed last went from false to true
+	silentLimit atomic.Int64  // ns; 0 (maintenance mode) turns the check off
 	lost        chan struct{} // poked when Raft leadership is lost
 	wake        chan struct{} // poked when armed or latched: the loop wakes
 }
@@ -94,7 +96,7 @@ func (w *watchdog) latched() bool { return w.fencedAt.Load() > w.confirmedAt.Loa
 // arm makes the watchdog guard a primary from now on.
 func (w *watchdog) arm() {
 	if w.armed.CompareAndSwap(false, true) {
-		w.answeredAt.Store(time.Now().UnixNano())
+		w.armedAt.Store(time.Now().UnixNano())
 	}
 	notify(w.wake)
 }
@@ -108,10 +110,15 @@ const silentSlack = 5 * time.Second
 // that exceeds the watchdog's limit, else 0.
 func (w *watchdog) silentFor(now time.Time) time.Duration {
 	limit := time.Duration(w.silentLimit.Load())
-	if limit <= 0 {
+	answered := w.answeredAt.Load()
+	// Only a primary that has answered since it was armed is judged here:
+	// a start (crash recovery) or a promotion in progress blocks the HA
+	// loop legitimately, and has its own bounds (start and promote
+	// timeouts, primary_start_timeout).
+	if limit <= 0 || answered < w.armedAt.Load() {
 		return 0
 	}
-	if d := now.Sub(time.Unix(0, w.answeredAt.Load())); d > limit+silentSlack {
+	if d := now.Sub(time.Unix(0, answered)); d > limit+silentSlack {
 		return d
 	}
 	return 0
@@ -208,6 +215,9 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 			a.mustFence("lost Raft leadership")
 			a.poke()
 		case a.guard.silentFor(now) > 0:
+			// Yield too: the agent's API still answers, and a new leader
+			// must not hand the role back to a node whose loop is stuck.
+			a.status.update(func(s *NodeStatus) { s.Yield = true })
 			a.mustFence(fmt.Sprintf("PostgreSQL has not answered the HA loop's probe for %s (a stuck loop or a hung server)", a.guard.silentFor(now).Round(time.Second)))
 			a.stepDown("PostgreSQL does not answer")
 			a.poke()
@@ -277,6 +287,9 @@ func (a *Agent) loopAnswered(r pingResult) {
 	case r.answered && a.raft.Cut():
 		a.log.Warn("Raft's main loop answers again; restoring this node's Raft transport", "answer", errString(r.err))
 		a.raft.SetCut(false)
+		// No longer a reason to yield: if nobody took over meanwhile (no
+		// candidate), the record holder must be able to lead again.
+		a.status.update(func(s *NodeStatus) { s.Yield = false })
 		a.poke()
 	}
 }

@@ -75,9 +75,9 @@ func TestFenceHealthyPrimaryFewWakeups(t *testing.T) {
 		t.Fatal("disarmed")
 	}
 	// The deadline (about once a second, the lease being renewed by the
-	// heartbeats) and a look at Raft's loop each second with its answer:
-	// about 5 in 1.5 s. A ticking clock would be tens, a spin thousands.
-	if n := a.guard.wakes.Load(); n > 10 {
+	// heartbeats) and a look at Raft's loop every 500 ms with its answer:
+	// about 8 in 1.5 s. A ticking clock would be tens, a spin thousands.
+	if n := a.guard.wakes.Load(); n > 14 {
 		t.Fatalf("%d wake-ups in 1.5 s", n)
 	}
 }
@@ -156,5 +156,29 @@ func TestDoWhenTheLoopIsGone(t *testing.T) {
 	err := a.loop.do(ctx, func(context.Context) error { t.Error("a job ran on a stopped loop"); return nil })
 	if err == nil || time.Since(start) > 5*time.Second {
 		t.Fatalf("do on a stopped loop: %v after %s", err, time.Since(start))
+	}
+}
+
+// TestSilentFor: the watchdog judges only a primary that has answered
+// since it was armed (a start or a promotion in progress has its own
+// bounds), and nothing in maintenance mode (limit 0).
+func TestSilentFor(t *testing.T) {
+	var w watchdog
+	w.silentLimit.Store(int64(10 * time.Second))
+	w.arm()
+	now := time.Now()
+	if d := w.silentFor(now.Add(time.Minute)); d != 0 {
+		t.Fatalf("armed, never answered (starting): silent %v, want not judged", d)
+	}
+	w.answeredAt.Store(now.UnixNano())
+	if d := w.silentFor(now.Add(14 * time.Second)); d != 0 {
+		t.Fatalf("14 s after the last answer: %v, want within the limit + slack", d)
+	}
+	if d := w.silentFor(now.Add(16 * time.Second)); d == 0 {
+		t.Fatal("16 s after the last answer: not judged silent")
+	}
+	w.silentLimit.Store(0)
+	if d := w.silentFor(now.Add(time.Hour)); d != 0 {
+		t.Fatalf("maintenance mode: %v, want nothing", d)
 	}
 }

@@ -200,7 +200,11 @@ func (l *haLoop) round(ctx context.Context) bool {
 	}
 	st := l.raft.ClusterState()
 	l.unresponsive, l.startLimit = st.Config.UnresponsiveTimeout(), st.Config.StartTimeout()
-	l.guard.silentLimit.Store(int64(l.unresponsive))
+	if st.Paused {
+		l.guard.silentLimit.Store(0) // maintenance mode: nothing is fenced for silence
+	} else {
+		l.guard.silentLimit.Store(int64(l.unresponsive))
+	}
 	if id, _ := l.raft.Leader(); st.Primary != nil && id == st.Primary.Member && id != l.cfg.Name {
 		l.primaryContact = l.raft.LastContact()
 	}
@@ -345,6 +349,11 @@ func (l *haLoop) trackPrimaryStart(holder, runningPrimary bool, st raftfsm.State
 	switch {
 	case !st.IsPrimary(l.cfg.Name) || runningPrimary || st.Paused:
 		l.failingSince = time.Time{}
+		if yield && (l.raft.Cut() || l.guard.latched()) && st.IsPrimary(l.cfg.Name) && !st.Paused {
+			// The watchdog yielded (a stuck Raft loop, a silent server) and
+			// fenced; this round's view may predate that.
+			return
+		}
 		if yield {
 			l.log.Info("no longer yielding the primary role")
 			l.status.update(func(s *NodeStatus) { s.Yield = false })

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/raftfsm"
@@ -137,8 +138,12 @@ func (t *leaderTerm) manageSync(st raftfsm.State, gossip map[string]membership.M
 		// (the FSM changes first); with the set empty and strict mode off
 		// commits go on unreplicated-synchronously, and no member is a
 		// failover candidate until a standby is back in the set.
+		// A standby whose own agent says its PostgreSQL does not answer
+		// (hung: its walreceiver's connection stays open while it
+		// confirms nothing) goes out too, a few seconds after the hang.
 		g, seen := gossip[r.ApplicationName]
-		if member && !m.Witness && r.State == "streaming" && r.ApplicationName != t.self && seen && g.Alive {
+		if member && !m.Witness && r.State == "streaming" && r.ApplicationName != t.self && seen && g.Alive &&
+			g.Meta.PGState != cluster.StateUnresponsive {
 			healthy[r.ApplicationName] = r
 		}
 	}

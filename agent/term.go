@@ -48,8 +48,11 @@ type leaderTerm struct {
 	// sync is the synchronous standby being added, if any.
 	sync syncAdding
 	// failedTransfers counts, per target, the leadership transfers in a
-	// row that did not make it leader (see askPrimary).
+	// row that did not make it leader (see askPrimary); failedAt is when
+	// the last of them failed (the count is forgotten failedForget
+	// later, so a holder that recovers gets leadership back).
 	failedTransfers map[string]int
+	failedAt        map[string]time.Time
 }
 
 func newLeaderTerm(number uint64, a *Agent) *leaderTerm {
@@ -66,7 +69,7 @@ func newLeaderTerm(number uint64, a *Agent) *leaderTerm {
 			}
 		},
 		nonvoters: map[string]time.Time{}, refused: map[string]string{}, noticed: map[string]time.Time{},
-		failedTransfers: map[string]int{},
+		failedTransfers: map[string]int{}, failedAt: map[string]time.Time{},
 	}
 }
 
@@ -197,6 +200,10 @@ func (t *leaderTerm) askPrimary(ctx context.Context, st raftfsm.State) decide.Ol
 	}
 	ctx, cancel := context.WithTimeout(ctx, askTimeout)
 	defer cancel()
+	if at, ok := t.failedAt[st.Primary.Member]; ok && time.Since(at) > failedForget {
+		delete(t.failedTransfers, st.Primary.Member)
+		delete(t.failedAt, st.Primary.Member)
+	}
 	if n := t.failedTransfers[st.Primary.Member]; n >= maxFailedTransfers {
 		// Alive (its API answers) but unable to lead: a one-way partition,
 		// its Raft port blocked, its Raft loop stuck. Handing leadership
@@ -220,6 +227,9 @@ func (t *leaderTerm) askPrimary(ctx context.Context, st raftfsm.State) decide.Ol
 // to make a live record holder leader before it counts as lost.
 const maxFailedTransfers = 3
 
+// failedForget: see leaderTerm.failedAt.
+const failedForget = 30 * time.Second
+
 // transferEvery is how often the HA loop may hand leadership over: a
 // transfer takes a moment to show in the FSM and gossip.
 const transferEvery = 2 * time.Second
@@ -236,9 +246,13 @@ func (t *leaderTerm) transfer(target, reason string, now time.Time) error {
 		if t.failedTransfers != nil {
 			t.failedTransfers[target]++
 		}
+		if t.failedAt != nil {
+			t.failedAt[target] = now
+		}
 		return err
 	}
 	delete(t.failedTransfers, target)
+	delete(t.failedAt, target)
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgha/pgha/agent/decide"
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/membership"
 	"github.com/pgha/pgha/pgnode"
 	"github.com/pgha/pgha/raftfsm"
@@ -28,7 +29,7 @@ func threeMembers() raftfsm.State {
 
 func testTerm(r *fakeRaft, allowed func(string, membership.Member) bool) *leaderTerm {
 	return &leaderTerm{number: 7, self: "n1", log: slog.New(slog.NewTextHandler(io.Discard, nil)), raft: r,
-		allowed: allowed, nonvoters: map[string]time.Time{}, refused: map[string]string{}, failedTransfers: map[string]int{}}
+		allowed: allowed, nonvoters: map[string]time.Time{}, refused: map[string]string{}, failedTransfers: map[string]int{}, failedAt: map[string]time.Time{}}
 }
 
 func byName(ms ...membership.Member) map[string]membership.Member {
@@ -241,5 +242,26 @@ func TestSyncStandbyAddedOnlyWhenItHoldsEveryCommit(t *testing.T) {
 	step(rep("sync", 3000), 3200)
 	if got := r.ClusterState().SyncSet; !slices.Equal(got, []string{"n2"}) {
 		t.Fatalf("set %v, want [n2]", got)
+	}
+}
+
+// TestUnresponsiveSyncStandbyLeavesTheSet: a synchronous standby whose
+// agent reports its PostgreSQL unresponsive (hung: the walreceiver's
+// connection stays open, pg_stat_replication still says streaming while
+// every commit waits) is dropped from the committed set.
+func TestUnresponsiveSyncStandbyLeavesTheSet(t *testing.T) {
+	st := threeMembers()
+	st.Config.SynchronousMode = true
+	st.SyncSet = []string{"n2"}
+	r := newFakeRaft(st, []string{"n1", "n2", "n3"})
+	term := testTerm(r, allowAll)
+	hung := gossipMember("n2", nil)
+	hung.Meta.PGState = cluster.StateUnresponsive
+	replicas := []pgnode.ReplicaInfo{{ApplicationName: "n2", State: "streaming", SyncState: "sync", FlushLSN: 10}}
+	if err := term.manageSync(r.ClusterState(), byName(hung), replicas, 10, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.ClusterState().SyncSet; len(got) != 0 {
+		t.Fatalf("set %v: the hung standby is still in it", got)
 	}
 }

@@ -97,7 +97,14 @@ func (n *Node) connectTo(ctx context.Context, host string, port int) (*pgx.Conn,
 	defer cancel()
 	conn, err := pgx.ConnectConfig(cctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w: %w", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), ErrConnect, err)
+		addr := net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			// The server answered (too many clients, a refused login): it
+			// is not hung, whatever else is wrong.
+			return nil, fmt.Errorf("connect %s: %w", addr, err)
+		}
+		return nil, fmt.Errorf("connect %s: %w: %w", addr, ErrConnect, err)
 	}
 	return conn, nil
 }
@@ -182,7 +189,12 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 	n.statusMu.Lock()
 	defer n.statusMu.Unlock()
 	if n.statusConn == nil || n.statusConn.IsClosed() {
-		conn, err := n.Connect(ctx)
+		// A new session (a fork and a SCRAM exchange) may take longer
+		// than the caller's query deadline on a busy machine: it gets
+		// the connect timeout, the query the caller's deadline.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), connectTimeout)
+		conn, err := n.Connect(cctx)
+		cancel()
 		if err != nil {
 			return st, fmt.Errorf("status: %w", err)
 		}

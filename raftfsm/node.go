@@ -58,6 +58,9 @@ type Node struct {
 	store       *raftboltdb.BoltStore
 	notify      chan bool
 	hadState    bool
+	// loopPending is the LoopAnswers question still in flight, if any.
+	loopMu      sync.Mutex
+	loopPending chan error
 	// configured timers, restored after a fast first election
 	heartbeat, election, lease time.Duration
 }
@@ -358,8 +361,22 @@ func (n *Node) LeaseSince() time.Time {
 // whether the loop answered at all (yes or no) within timeout: a loop
 // stuck on a hung disk does not. err is the answer.
 func (n *Node) LoopAnswers(timeout time.Duration) (answered bool, err error) {
-	done := make(chan error, 1)
-	go func() { done <- n.raft.VerifyLeader().Error() }()
+	// While an earlier question is still unanswered (a loop stuck for
+	// good), wait for that one rather than pile up goroutines.
+	n.loopMu.Lock()
+	if n.loopPending == nil {
+		ch := make(chan error, 1)
+		n.loopPending = ch
+		go func() {
+			err := n.raft.VerifyLeader().Error()
+			n.loopMu.Lock()
+			n.loopPending = nil
+			n.loopMu.Unlock()
+			ch <- err
+		}()
+	}
+	done := n.loopPending
+	n.loopMu.Unlock()
 	select {
 	case err := <-done:
 		return true, err

@@ -273,11 +273,11 @@ func decideSelfPrimary(in Input) []Action {
 	if in.Yield && !(in.PG.Running && !in.PG.InRecovery) && !st.Paused {
 		// We cannot serve: hand leadership to the best candidate, which
 		// fails over (our agent answers that it yields).
-		if best, why := bestCandidate(in); best != "" && best != in.Self {
+		if best, _ := bestCandidate(in); best != "" && best != in.Self {
 			return []Action{{Kind: ActTransferLeadership, Target: best, Reason: "this node cannot run PostgreSQL as primary; handing over"}}
-		} else {
-			return []Action{{Kind: ActRefuse, Reason: "this node cannot run PostgreSQL as primary and no member can take over: " + why}}
 		}
+		// Nobody can take over: keep trying here (a restart in place
+		// below), rather than leave the cluster without a primary.
 	}
 	if in.PG.Data == DataEmpty {
 		return []Action{{Kind: ActRefuse, Reason: "this node is the recorded primary but its data directory is empty; run pgha failover --candidate <replica>"}}

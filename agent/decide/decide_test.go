@@ -167,7 +167,7 @@ func TestDecide(t *testing.T) {
 		{"a hung primary is not fenced in maintenance mode", Input{Self: "n1", Leader: true, State: withState(func(s *raftfsm.State) { s.Paused = true }), Gossip: replicasUp, PG: hungPrimary, Voters: allVoters}, "wait", "does not answer"},
 		{"a silent but not yet hung primary is left alone, and waits", Input{Self: "n1", Leader: true, State: fsmState("n1", false), Gossip: replicasUp, PG: silentPrimary, Voters: allVoters}, "wait", "does not answer its probe"},
 		{"a yielding record holder hands leadership to the best candidate", Input{Self: "n1", Leader: true, Yield: true, State: fsmState("n1", false), Gossip: replicasUp, PG: stoppedExPrimary, Voters: allVoters}, "transfer-leadership:n2", "cannot run"},
-		{"a yielding record holder with no candidate says why", Input{Self: "n1", Leader: true, Yield: true, State: fsmState("n1", false), Gossip: gossipOf(map[string]string{"n2": "stopped", "n3": "stopped"}), PG: stoppedExPrimary, Voters: allVoters}, "refuse", "no member can take over"},
+		{"a yielding record holder with no candidate keeps trying itself", Input{Self: "n1", Leader: true, Yield: true, State: fsmState("n1", false), Gossip: gossipOf(map[string]string{"n2": "stopped", "n3": "stopped"}), PG: stoppedExPrimary, Voters: allVoters}, "run-primary", ""},
 		{"recorded primary with empty data refuses", Input{Self: "n1", Leader: true, State: fsmState("n1", false), PG: empty}, "refuse", "empty"},
 
 		// A leader that is not the primary: hand back or fail over.
