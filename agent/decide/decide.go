@@ -87,6 +87,29 @@ func (l LocalPG) Position() Position {
 	return Position{Timeline: l.Timeline, LSN: max(l.Receive, l.WAL)}
 }
 
+// pastFork reports whether a replica on an older timeline holds WAL past
+// the point where the next timeline forked from it, which it then cannot
+// follow: diverged. The fork point comes from the cluster history: the
+// position recorded when that timeline's primary was chosen (its
+// received WAL for a failover, the old primary's shutdown checkpoint for
+// a switchover), at or below the real switch point. A replica at or
+// below it is not diverged (cut off for a while, it follows the new
+// timeline once it reconnects) and is left alone; when the history does
+// not tell (trimmed, or no position recorded), the answer is yes, as
+// before there was a history to read.
+func pastFork(st raftfsm.State, pg LocalPG) bool {
+	pos := max(pg.Receive, pg.WAL)
+	for _, h := range st.History {
+		if h.Timeline > pg.Timeline && !h.PromotedAt.IsZero() {
+			if h.Timeline != pg.Timeline+1 || h.LSN == 0 || pos == 0 {
+				return true // not the fork off our timeline, or no position: unknown
+			}
+			return pos > h.LSN
+		}
+	}
+	return true
+}
+
 // divergedAfter is how long a replica may stay on an older timeline
 // without streaming before it counts as diverged. Following a new
 // timeline normally takes a second or two (the walreceiver fetches the
@@ -355,7 +378,7 @@ func decideReplica(in Input) []Action {
 			return append(acts, Action{Kind: ActWait, Reason: fmt.Sprintf("former primary: waiting for primary %s to run before rewinding", p.Member)})
 		}
 		return append(acts, Action{Kind: ActRewind, Target: p.Member, Upstream: pm.PGAddr})
-	case in.PG.Running && in.PG.InRecovery && in.PG.OldTimelineFor >= divergedAfter && primaryRuns && !st.Paused:
+	case in.PG.Running && in.PG.InRecovery && in.PG.OldTimelineFor >= divergedAfter && primaryRuns && !st.Paused && pastFork(st, in.PG):
 		return append(acts, Action{Kind: ActRewind, Target: p.Member, Upstream: pm.PGAddr,
 			Reason: fmt.Sprintf("replica stuck on timeline %d for %s while the primary is on %d: diverged", in.PG.Timeline, in.PG.OldTimelineFor.Round(time.Second), p.Timeline)})
 	}

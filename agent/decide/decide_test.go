@@ -104,6 +104,14 @@ func TestDecide(t *testing.T) {
 		s.PrimaryLSN = &raftfsm.LSNRecord{LSN: 5000, Timeline: 1}
 	})
 	onTimeline3 := withState(func(s *raftfsm.State) { s.Primary.Timeline = 3 })
+	// forkAt: the cluster moved to timeline tli by a promotion recorded
+	// at position lsn on the timeline before.
+	forkAt := func(tli uint32, lsn uint64) raftfsm.State {
+		return withState(func(s *raftfsm.State) {
+			s.Primary.Timeline = tli
+			s.History = append(s.History, raftfsm.HistoryEntry{Epoch: s.Primary.Epoch, New: s.Primary.Member, Timeline: tli, LSN: lsn, Reason: "failover", PromotedAt: time.Unix(100, 0)})
+		})
+	}
 	syncMode := func(set ...string) raftfsm.State {
 		return withState(func(s *raftfsm.State) { s.Config.SynchronousMode = true; s.SyncSet = set })
 	}
@@ -137,6 +145,12 @@ func TestDecide(t *testing.T) {
 		{"former primary rewinds before following", Input{Self: "n2", State: fsmState("n1", false), Gossip: allUp, PG: stoppedExPrimary}, "rewind:n1", ""},
 		{"replica stuck on an older timeline is rewound", Input{Self: "n3", State: onTimeline3, Gossip: allUp,
 			PG: LocalPG{Data: DataValid, SysID: sysid, Running: true, InRecovery: true, Timeline: 2, OldTimelineFor: 31 * time.Second}}, "rewind:n1", "diverged"},
+		{"replica on an older timeline past the fork point is rewound", Input{Self: "n3", State: forkAt(3, 5000), Gossip: allUp,
+			PG: LocalPG{Data: DataValid, SysID: sysid, Running: true, InRecovery: true, Timeline: 2, Receive: 5100, WAL: 5100, OldTimelineFor: 31 * time.Second}}, "rewind:n1", "diverged"},
+		{"replica cut off below the fork point is not rewound (it can follow)", Input{Self: "n3", State: forkAt(3, 5000), Gossip: allUp,
+			PG: LocalPG{Data: DataValid, SysID: sysid, Running: true, InRecovery: true, Timeline: 2, Receive: 4900, WAL: 4800, OldTimelineFor: time.Minute}}, "run-replica:n1", ""},
+		{"replica two timelines behind is rewound (no fork off its own timeline known)", Input{Self: "n3", State: forkAt(3, 5000), Gossip: allUp,
+			PG: LocalPG{Data: DataValid, SysID: sysid, Running: true, InRecovery: true, Timeline: 1, Receive: 100, OldTimelineFor: time.Minute}}, "rewind:n1", "diverged"},
 		{"stuck replica left alone in maintenance mode", Input{Self: "n3", State: withState(func(s *raftfsm.State) { s.Primary.Timeline = 3; s.Paused = true }), Gossip: allUp,
 			PG: LocalPG{Data: DataValid, SysID: sysid, Running: true, InRecovery: true, Timeline: 2, OldTimelineFor: time.Minute}}, "run-replica:n1", ""},
 		{"replica just behind a new timeline waits for it", Input{Self: "n3", State: onTimeline3, Gossip: allUp,
