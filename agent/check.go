@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/pgnode"
 )
 
@@ -82,7 +83,7 @@ func (a *Agent) gatherCheck(ctx context.Context) checkInput {
 		}
 	}
 	slices.Sort(in.Replicas)
-	if a.pg != nil && in.Health.PGRunning {
+	if a.pg != nil && in.Health.PGRunning && in.Health.State != cluster.StateUnresponsive {
 		insp, err := a.pg.Inspect(ctx)
 		if err != nil {
 			in.InspectErr = err.Error()
@@ -153,6 +154,11 @@ func evaluateCheck(in checkInput, o api.CheckOptions) api.CheckResult {
 	}
 	if !h.PGRunning {
 		add("postgresql", api.CheckCritical, "PostgreSQL is not running (%s)", h.State)
+		return finish(res)
+	}
+	if h.State == cluster.StateUnresponsive {
+		// Not inspected: every query would wait out its timeout.
+		add("postgresql", api.CheckCritical, "PostgreSQL runs but does not answer its agent's probe (hung? a primary is failed over after primary_unresponsive_timeout)")
 		return finish(res)
 	}
 	if in.Inspect == nil {

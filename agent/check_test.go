@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pgha/pgha/api"
+	"github.com/pgha/pgha/cluster"
 	"github.com/pgha/pgha/pgnode"
 )
 
@@ -76,6 +77,12 @@ func TestEvaluateCheck(t *testing.T) {
 			api.CheckCritical, "wal_receiver", "no WAL receiver"},
 		{"postgres down", func() checkInput { in := replica(); in.Health.PGRunning = false; in.Inspect = nil; return in },
 			api.CheckCritical, "postgresql", "not running"},
+		{"postgres hung", func() checkInput {
+			in := primary()
+			in.Health.State = cluster.StateUnresponsive
+			in.Inspect = nil
+			return in
+		}, api.CheckCritical, "postgresql", "does not answer"},
 		{"stale loop", func() checkInput { in := replica(); in.Health.LoopAt = now.Add(-time.Minute); return in },
 			api.CheckCritical, "agent", "last ran 1m0s ago"},
 		{"no leader", func() checkInput { in := replica(); in.Health.Leader = ""; return in },

@@ -72,6 +72,8 @@ func checkPrimary(h *HealthInfo, _ url.Values, _ time.Time) (bool, string) {
 		return false, "not the primary"
 	case !h.PGRunning:
 		return false, "PostgreSQL is not running"
+	case h.State == cluster.StateUnresponsive:
+		return false, "PostgreSQL does not answer"
 	case h.InRecovery:
 		return false, "PostgreSQL is still in recovery"
 	}
@@ -92,6 +94,9 @@ func checkRunning(h *HealthInfo, _ url.Values, _ time.Time) (bool, string) {
 	if !h.PGRunning {
 		return false, "PostgreSQL is not running"
 	}
+	if h.State == cluster.StateUnresponsive {
+		return false, "PostgreSQL does not answer"
+	}
 	return true, ""
 }
 
@@ -104,6 +109,8 @@ func replicaOK(h *HealthInfo, q url.Values) (bool, string) {
 		return false, "not a replica"
 	case !h.PGRunning:
 		return false, "PostgreSQL is not running"
+	case h.State == cluster.StateUnresponsive:
+		return false, "PostgreSQL does not answer"
 	}
 	if want := q.Get("replication_state"); want != "" && want != h.ReplicationState {
 		return false, fmt.Sprintf("replication state is %q, not %q", h.ReplicationState, want)
@@ -180,7 +187,7 @@ func checkReadiness(h *HealthInfo, q url.Values, now time.Time) (bool, string) {
 	if h.Role == cluster.RoleWitness {
 		return checkLiveness(h, q, now)
 	}
-	if h.Role != cluster.RoleReplica || !h.PGRunning {
+	if h.Role != cluster.RoleReplica || !h.PGRunning || h.State == cluster.StateUnresponsive {
 		return false, "neither a running primary nor a running replica"
 	}
 	if h.ReplicationState != "streaming" {

@@ -37,6 +37,10 @@ func healthNodes() map[string]api.HealthInfo {
 		"stopped": {Role: "", PGRunning: false, LoopAt: now, Tags: tags(false)},
 		"stale":   {Role: "replica", PGRunning: true, InRecovery: true, ReplicationState: "streaming", LoopAt: now.Add(-time.Minute)},
 		"witness": {Role: "witness", LoopAt: now},
+		// Its process exists but it does not answer: out of every pool.
+		"hungprimary": {Role: "primary", PGRunning: true, Primary: true, State: "unresponsive", LoopAt: now, Tags: tags(false)},
+		"hungreplica": {Role: "replica", PGRunning: true, InRecovery: true, State: "unresponsive", ReplicationState: "streaming",
+			LagBytes: lag(0), LoopAt: now, Tags: tags(false)},
 	}
 }
 
@@ -70,7 +74,7 @@ func TestEvalHealth(t *testing.T) {
 		{"/asynchronous", "", []string{"replica", "lagging", "archive", "nolb", "stale"}},
 		{"/async", "lag=1MB", []string{"replica", "nolb"}},
 		{"/health", "", []string{"primary", "deposed", "replica", "sync", "lagging", "archive", "nolb", "stale", "witness"}},
-		{"/liveness", "", []string{"primary", "deposed", "replica", "sync", "lagging", "archive", "nolb", "stopped", "witness"}},
+		{"/liveness", "", []string{"primary", "deposed", "replica", "sync", "lagging", "archive", "nolb", "stopped", "witness", "hungprimary", "hungreplica"}},
 		{"/readiness", "", []string{"primary", "replica", "sync", "nolb", "stale", "witness"}},
 		{"/readiness", "lag=1GB", []string{"primary", "replica", "sync", "lagging", "nolb", "witness"}},
 		{"/readiness", "lag=1MB", []string{"primary", "replica", "sync", "nolb", "witness"}},
