@@ -47,12 +47,8 @@ type leaderTerm struct {
 	lastTransfer time.Time
 	// sync is the synchronous standby being added, if any.
 	sync syncAdding
-	// failedTransfers counts, per target, the leadership transfers in a
-	// row that did not make it leader (see askPrimary); failedAt is when
-	// the last of them failed (the count is forgotten failedForget
-	// later, so a holder that recovers gets leadership back).
-	failedTransfers map[string]int
-	failedAt        map[string]time.Time
+	// failed: the failed transfers in a row per target (askPrimary).
+	failed map[string]*failedTransfers
 }
 
 func newLeaderTerm(number uint64, a *Agent) *leaderTerm {
@@ -69,7 +65,7 @@ func newLeaderTerm(number uint64, a *Agent) *leaderTerm {
 			}
 		},
 		nonvoters: map[string]time.Time{}, refused: map[string]string{}, noticed: map[string]time.Time{},
-		failedTransfers: map[string]int{}, failedAt: map[string]time.Time{},
+		failed: map[string]*failedTransfers{},
 	}
 }
 
@@ -200,19 +196,18 @@ func (t *leaderTerm) askPrimary(ctx context.Context, st raftfsm.State) decide.Ol
 	}
 	ctx, cancel := context.WithTimeout(ctx, askTimeout)
 	defer cancel()
-	if at, ok := t.failedAt[st.Primary.Member]; ok && time.Since(at) > failedForget {
-		delete(t.failedTransfers, st.Primary.Member)
-		delete(t.failedAt, st.Primary.Member)
+	if f := t.failed[st.Primary.Member]; f != nil && time.Since(f.last) > failedForget {
+		delete(t.failed, st.Primary.Member)
 	}
-	if n := t.failedTransfers[st.Primary.Member]; n >= maxFailedTransfers {
+	if f := t.failed[st.Primary.Member]; f != nil && f.n >= maxFailedTransfers {
 		// Alive (its API answers) but unable to lead: a one-way partition,
 		// its Raft port blocked, its Raft loop stuck. Handing leadership
 		// back forever would leave the cluster without a primary; not
 		// being leader, it has fenced itself, so it counts as lost.
-		if n == maxFailedTransfers {
+		if !f.logged {
 			t.log.Warn("the primary's agent answers but it could not take Raft leadership; treating it as lost",
-				"primary", st.Primary.Member, "failed_transfers", n)
-			t.failedTransfers[st.Primary.Member]++
+				"primary", st.Primary.Member, "failed_transfers", f.n)
+			f.logged = true
 		}
 		return decide.OldPrimarySilent
 	}
@@ -227,8 +222,17 @@ func (t *leaderTerm) askPrimary(ctx context.Context, st raftfsm.State) decide.Ol
 // to make a live record holder leader before it counts as lost.
 const maxFailedTransfers = 3
 
-// failedForget: see leaderTerm.failedAt.
+// failedForget is how long after the last failed transfer the count is
+// forgotten, so a holder that recovers gets leadership back.
 const failedForget = 30 * time.Second
+
+// failedTransfers counts the leadership transfers in a row to one target
+// that did not make it leader (see askPrimary).
+type failedTransfers struct {
+	n      int
+	last   time.Time // when the last of them failed
+	logged bool      // "treating it as lost" was said
+}
 
 // transferEvery is how often the HA loop may hand leadership over: a
 // transfer takes a moment to show in the FSM and gossip.
@@ -243,16 +247,15 @@ func (t *leaderTerm) transfer(target, reason string, now time.Time) error {
 	t.log.Info("transferring raft leadership", "to", target, "reason", reason)
 	err := t.transferTo(target)
 	if err != nil {
-		if t.failedTransfers != nil {
-			t.failedTransfers[target]++
+		f := t.failed[target]
+		if f == nil {
+			f = &failedTransfers{}
+			t.failed[target] = f
 		}
-		if t.failedAt != nil {
-			t.failedAt[target] = now
-		}
+		f.n, f.last = f.n+1, now
 		return err
 	}
-	delete(t.failedTransfers, target)
-	delete(t.failedAt, target)
+	delete(t.failed, target)
 	return nil
 }
 

@@ -29,7 +29,7 @@ func threeMembers() raftfsm.State {
 
 func testTerm(r *fakeRaft, allowed func(string, membership.Member) bool) *leaderTerm {
 	return &leaderTerm{number: 7, self: "n1", log: slog.New(slog.NewTextHandler(io.Discard, nil)), raft: r,
-		allowed: allowed, nonvoters: map[string]time.Time{}, refused: map[string]string{}, failedTransfers: map[string]int{}, failedAt: map[string]time.Time{}}
+		allowed: allowed, nonvoters: map[string]time.Time{}, refused: map[string]string{}, failed: map[string]*failedTransfers{}}
 }
 
 func byName(ms ...membership.Member) map[string]membership.Member {

@@ -543,9 +543,9 @@ func (n *Node) readConfFile(path string) ([]byte, error) {
 	if fi, lerr := os.Lstat(path); lerr == nil && fi.Mode().IsRegular() && fi.Size() <= maxConfFile {
 		return nil, err // an ordinary read error
 	}
-	dst := path + ".suspect-" + time.Now().UTC().Format("20060102T150405Z")
-	if rerr := os.Rename(path, dst); rerr != nil {
-		return nil, fmt.Errorf("%w (and it cannot be moved aside: %v)", err, rerr)
+	dst, rerr := safefile.SetAside(path)
+	if rerr != nil {
+		return nil, fmt.Errorf("%w (and %v)", err, rerr)
 	}
 	n.log.Warn("moved aside a configuration file pgha did not write", "path", path, "to", dst, "why", err)
 	return nil, fs.ErrNotExist

@@ -193,7 +193,13 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 		// than the caller's query deadline on a busy machine: it gets
 		// the connect timeout, the query the caller's deadline.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), connectTimeout)
+		stop := context.AfterFunc(ctx, func() {
+			if errors.Is(ctx.Err(), context.Canceled) {
+				cancel() // shutting down: do not wait out the connect
+			}
+		})
 		conn, err := n.Connect(cctx)
+		stop()
 		cancel()
 		if err != nil {
 			return st, fmt.Errorf("status: %w", err)

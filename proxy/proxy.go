@@ -335,11 +335,11 @@ func (p *Proxy) allowed(c *net.TCPConn) bool {
 	if len(p.cfg.Allowed) == 0 {
 		return true
 	}
-	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
-	if err != nil {
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
 		return false
 	}
-	a := ap.Addr().Unmap()
+	a := ta.AddrPort().Addr().Unmap()
 	for _, n := range p.cfg.Allowed {
 		if n.Contains(a) {
 			return true

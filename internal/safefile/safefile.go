@@ -109,7 +109,7 @@ func OpenAppend(path string, perm fs.FileMode, owner Owner) (*os.File, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_NOFOLLOW|unix.O_NONBLOCK, perm)
 		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENXIO) {
-			if err := setAside(path); err != nil {
+			if _, err := SetAside(path); err != nil {
 				return nil, err
 			}
 			continue
@@ -124,7 +124,7 @@ func OpenAppend(path string, perm fs.FileMode, owner Owner) (*os.File, error) {
 		}
 		if !st.Mode().IsRegular() || nlink(st) != 1 {
 			f.Close()
-			if err := setAside(path); err != nil {
+			if _, err := SetAside(path); err != nil {
 				return nil, err
 			}
 			continue
@@ -138,14 +138,14 @@ func OpenAppend(path string, perm fs.FileMode, owner Owner) (*os.File, error) {
 	return nil, fmt.Errorf("%s: replaced again while being opened; refusing to write there", path)
 }
 
-// setAside renames a suspicious entry out of the way, keeping it for a
-// human to look at.
-func setAside(path string) error {
+// SetAside renames a suspicious entry out of the way (PATH.suspect-TIME),
+// keeping it for a human to look at; it returns the new name.
+func SetAside(path string) (string, error) {
 	dst := path + ".suspect-" + time.Now().UTC().Format("20060102T150405.000000000Z")
 	if err := os.Rename(path, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s is not a plain file and cannot be moved aside: %w", path, err)
+		return "", fmt.Errorf("%s cannot be moved aside: %w", path, err)
 	}
-	return nil
+	return dst, nil
 }
 
 func clearNonblock(f *os.File) error {
