@@ -86,7 +86,7 @@ func (l *haLoop) probe(ctx context.Context) decide.LocalPG {
 	if !p.Running {
 		l.followedTLI = 0 // a new postmaster proves its timeline afresh
 	}
-	l.judgeAnswers(&p, statusOK, time.Now())
+	l.judgeAnswers(ctx, &p, statusOK, time.Now())
 	if p.Running && !p.InRecovery {
 		l.guard.arm()
 	} else {
@@ -113,7 +113,7 @@ func (l *haLoop) probe(ctx context.Context) decide.LocalPG {
 // answered is starting: it is hung only once postgresql.start_timeout
 // has passed; one that answered before is silent from its last answer,
 // and hung after primary_unresponsive_timeout.
-func (l *haLoop) judgeAnswers(p *decide.LocalPG, answered bool, now time.Time) {
+func (l *haLoop) judgeAnswers(ctx context.Context, p *decide.LocalPG, answered bool, now time.Time) {
 	if !p.Running {
 		l.pgExited, l.pgLastAnswer, l.connectFailSince = nil, time.Time{}, time.Time{}
 		return
@@ -125,12 +125,14 @@ func (l *haLoop) judgeAnswers(p *decide.LocalPG, answered bool, now time.Time) {
 	// can be opened: users cannot reach the server either. Once a fresh
 	// connection failed, every round tries one until it works again.
 	if answered && !l.connectFailSince.IsZero() {
-		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if c, err := l.pg.Connect(cctx); err == nil {
+		// Connect is bounded by pgnode's connect timeout (4 s), the same
+		// a busy machine gets everywhere else.
+		if c, err := l.pg.Connect(ctx); err == nil {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
 			c.Close(cctx)
+			cancel()
 			l.connectFailSince = time.Time{}
 		}
-		cancel()
 	}
 	answered = answered && l.connectFailSince.IsZero()
 	limit := l.unresponsive
